@@ -1,0 +1,297 @@
+"""Run configuration: dataclass sections, YAML loading, ``key=value`` overrides, validation.
+
+A run is described by one :class:`RunConfig` with a section per concern (``model``, ``lora``,
+``data``, ``train``, ``fed``, ``ecolora``, ``flora``, ``network``, ``eval``). YAML presets in
+``configs/`` set a subset; everything else takes the defaults below. Unknown keys are errors that
+list the valid keys, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EcoLoRAConfig",
+    "EvalConfig",
+    "FedConfig",
+    "FloraConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "NetworkConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says what was expected."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    _check(low <= value <= high, f"`{name}` must be in [{low}, {high}], got {value}.")
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(
+        default="smollm2-135m",
+        metadata={"help": "Built-in name (smollm2-135m, tiny-llama), local folder or hub id."},
+    )
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in ("float32", "bfloat16"), f"`model.dtype` must be float32 or bfloat16, got {self.dtype!r}.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=8, metadata={"help": "LoRA rank; higher: more capacity, more bytes."})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Linear modules that get LoRA (the paper: self-attention q, v)."},
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"`lora.r` must be >= 1, got {self.r}.")
+        _check(self.alpha > 0, f"`lora.alpha` must be > 0, got {self.alpha}.")
+        _check(0 <= self.dropout < 1, f"`lora.dropout` must be in [0, 1), got {self.dropout}.")
+        _check(len(self.target_modules) > 0, "`lora.target_modules` must name at least one module.")
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default="bigbench-ni", metadata={"help": "bigbench-ni, a local file/folder or a hub id."})
+    limit: int | None = field(default=None, metadata={"help": "Use at most this many rows (seeded sample)."})
+    eval_size: float = field(default=200, metadata={"help": "Held-out rows: a count (>= 1) or a fraction (< 1)."})
+    max_seq_len: int = field(default=256, metadata={"help": "Tokens per example after truncation."})
+    partition: str = field(default="dirichlet", metadata={"help": "iid, dirichlet, task or kmeans."})
+    alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration; lower: more non-IID."})
+    num_clusters: int = field(default=10, metadata={"help": "K-means clusters for partition=kmeans."})
+
+    def __post_init__(self) -> None:
+        _check(self.partition in ("iid", "dirichlet", "task", "kmeans"), f"`data.partition` must be one of iid, dirichlet, task, kmeans, got {self.partition!r}.")
+        _check(self.alpha > 0, f"`data.alpha` must be > 0, got {self.alpha}.")
+        _check(self.max_seq_len >= 16, f"`data.max_seq_len` must be >= 16, got {self.max_seq_len}.")
+        _check(self.eval_size > 0, f"`data.eval_size` must be > 0, got {self.eval_size}.")
+        _check(self.limit is None or self.limit >= 2, f"`data.limit` must be >= 2 or null, got {self.limit}.")
+
+
+@dataclass
+class TrainConfig:
+    objective: str = field(default="sft", metadata={"help": "sft (instruction tuning) or dpo."})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate of local training."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per local step."})
+    local_steps: int = field(default=10, metadata={"help": "Optimizer steps per client per round."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO temperature beta."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
+
+    def __post_init__(self) -> None:
+        _check(self.objective in ("sft", "dpo"), f"`train.objective` must be sft or dpo, got {self.objective!r}.")
+        _check(self.lr > 0, f"`train.lr` must be > 0, got {self.lr}.")
+        for name in ("batch_size", "local_steps", "grad_accum"):
+            _check(getattr(self, name) >= 1, f"`train.{name}` must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class FedConfig:
+    num_clients: int = field(default=20, metadata={"help": "Total simulated clients K."})
+    clients_per_round: int = field(default=5, metadata={"help": "Clients sampled per round N_t."})
+    rounds: int = field(default=12, metadata={"help": "Communication rounds R."})
+    eval_every: int = field(default=1, metadata={"help": "Evaluate the global adapter every N rounds (0: only at the end)."})
+    wire_dtype: str = field(default="float16", metadata={"help": "Dense value dtype on the wire: float16 or float32."})
+
+    def __post_init__(self) -> None:
+        _check(self.num_clients >= 1, f"`fed.num_clients` must be >= 1, got {self.num_clients}.")
+        _check(
+            1 <= self.clients_per_round <= self.num_clients,
+            f"`fed.clients_per_round` must be in [1, num_clients={self.num_clients}], got {self.clients_per_round}.",
+        )
+        _check(self.rounds >= 1, f"`fed.rounds` must be >= 1, got {self.rounds}.")
+        _check(self.eval_every >= 0, f"`fed.eval_every` must be >= 0, got {self.eval_every}.")
+        _check(self.wire_dtype in ("float16", "float32"), f"`fed.wire_dtype` must be float16 or float32, got {self.wire_dtype!r}.")
+
+
+@dataclass
+class EcoLoRAConfig:
+    """Knobs of the EcoLoRA wrapper (Liu et al. 2025); used by ``method: <base>+ecolora``."""
+
+    num_segments: int = field(default=5, metadata={"help": "N_s round-robin segments (<= clients per round)."})
+    beta: float = field(default=0.5, metadata={"help": "Staleness decay beta of eq. 3; larger: trust the global more."})
+    k_max: float = field(default=0.95, metadata={"help": "Density at the start of training (eq. 4)."})
+    k_min_a: float = field(default=0.6, metadata={"help": "Lowest density for LoRA A."})
+    k_min_b: float = field(default=0.5, metadata={"help": "Lowest density for LoRA B."})
+    gamma_a: float = field(default=1.0, metadata={"help": "Decay rate of A's density with loss progress."})
+    gamma_b: float = field(default=2.0, metadata={"help": "Decay rate of B's density (paper: larger than A's)."})
+    sparsify: str = field(default="update", metadata={"help": "What top-k sees: update (local minus received) or params (paper literal)."})
+    segments: bool = field(default=True, metadata={"help": "Ablation switch: round-robin segment sharing."})
+    sparsification: str = field(default="adaptive", metadata={"help": "adaptive, fixed (same budget) or none."})
+    fixed_density: float = field(default=0.6, metadata={"help": "Density for sparsification=fixed."})
+    encoding: str = field(default="golomb", metadata={"help": "golomb (auto lossless format) or coo (int32 indices + fp16)."})
+    download_sparsification: bool = field(default=True, metadata={"help": "Also sparsify server->client messages."})
+    error_feedback: bool = field(default=True, metadata={"help": "Keep residuals of what top-k dropped (eqs. 5-6)."})
+
+    def __post_init__(self) -> None:
+        _check(self.num_segments >= 1, f"`ecolora.num_segments` must be >= 1, got {self.num_segments}.")
+        _check(self.beta >= 0, f"`ecolora.beta` must be >= 0, got {self.beta}.")
+        for name in ("k_max", "k_min_a", "k_min_b", "fixed_density"):
+            _in_range(f"ecolora.{name}", getattr(self, name), 0.0, 1.0)
+        _check(self.k_min_a <= self.k_max and self.k_min_b <= self.k_max, f"`ecolora.k_min_a` and `k_min_b` must be <= k_max ({self.k_max}), got {self.k_min_a} and {self.k_min_b}.")
+        _check(self.sparsify in ("update", "params"), f"`ecolora.sparsify` must be update or params, got {self.sparsify!r}.")
+        _check(self.sparsification in ("adaptive", "fixed", "none"), f"`ecolora.sparsification` must be adaptive, fixed or none, got {self.sparsification!r}.")
+        _check(self.encoding in ("golomb", "coo"), f"`ecolora.encoding` must be golomb or coo, got {self.encoding!r}.")
+
+
+@dataclass
+class FloraConfig:
+    ranks: list[int] | None = field(default=None, metadata={"help": "Client ranks cycled over client ids (null: all lora.r)."})
+
+    def __post_init__(self) -> None:
+        _check(self.ranks is None or (len(self.ranks) > 0 and min(self.ranks) >= 1), f"`flora.ranks` must be a non-empty list of ranks >= 1, got {self.ranks}.")
+
+
+@dataclass
+class NetworkConfig:
+    scenarios: list[str] = field(default_factory=lambda: ["0.2/1", "1/5", "2/10", "5/25"], metadata={"help": "Link scenarios (uplink/downlink Mbps) to time each round under."})
+    backend: str = field(default="analytic", metadata={"help": "analytic (TCP model) or ns3."})
+    compute_scale: float = field(default=1.0, metadata={"help": "Multiply measured compute time (device speed factor)."})
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("analytic", "ns3"), f"`network.backend` must be analytic or ns3, got {self.backend!r}.")
+        _check(self.compute_scale > 0, f"`network.compute_scale` must be > 0, got {self.compute_scale}.")
+
+
+@dataclass
+class EvalConfig:
+    suites: list[str] = field(default_factory=list, metadata={"help": "Extra suites to score (bigbench-mc, arc, mmlu, preference)."})
+    every: int = field(default=0, metadata={"help": "Score the suites every N rounds (0: only at the end)."})
+    limit: int | None = field(default=200, metadata={"help": "Items per suite."})
+    batch_size: int = field(default=8, metadata={"help": "Eval batch size."})
+
+
+@dataclass
+class RunConfig:
+    method: str = field(default="fedit", metadata={"help": "fedit, ffa, flora, each optionally +ecolora."})
+    seed: int = field(default=0, metadata={"help": "Seed of every random choice in the run."})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    ecolora: EcoLoRAConfig = field(default_factory=EcoLoRAConfig)
+    flora: FloraConfig = field(default_factory=FloraConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        base, _, wrapper = self.method.partition("+")
+        _check(base in ("fedit", "ffa", "flora"), f"`method` must be fedit, ffa or flora, optionally with +ecolora, got {self.method!r}.")
+        _check(wrapper in ("", "ecolora"), f"`method` wrapper must be +ecolora, got {self.method!r}.")
+        if wrapper == "ecolora" and self.ecolora.segments and base != "flora":
+            _check(
+                self.ecolora.num_segments <= self.fed.clients_per_round,
+                f"`ecolora.num_segments` must be <= clients per round ({self.fed.clients_per_round}), got {self.ecolora.num_segments}.",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        return _build(cls, data, prefix="")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, got {type(data).__name__}.")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"Unknown key(s) {', '.join(prefix + k for k in unknown)}; valid keys: "
+            f"{', '.join(prefix + k for k in known)}."
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, known[name].type)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - defensive
+        raise ConfigError(str(exc)) from exc
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Light type checking of scalars so that ``lr: "abc"`` fails here with the key's name."""
+    text = str(annotation)
+    if value is None:
+        _check("None" in text, f"`{key}` must not be null.")
+        return None
+    if text.startswith(("int", "float")) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"`{key}` must be a number, got {value!r}.")
+    if text.startswith("int") and isinstance(value, float):
+        _check(value.is_integer(), f"`{key}` must be an integer, got {value!r}.")
+        return int(value)
+    if text.startswith("float") and isinstance(value, int):
+        return float(value)
+    if text == "bool":
+        _check(isinstance(value, bool), f"`{key}` must be true or false, got {value!r}.")
+    if text.startswith("list"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        _check(isinstance(value, list), f"`{key}` must be a list, got {value!r}.")
+    if text == "str":
+        _check(isinstance(value, str), f"`{key}` must be a string, got {value!r}.")
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Override must look like key=value (e.g. fed.rounds=5), got {item!r}.")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Cannot set {key!r}: {part!r} is not a section.")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping, got {type(loaded).__name__}.")
+        data = loaded or {}
+    return RunConfig.from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,96 @@
+"""PNG plots of runs: loss per round, cumulative bytes per round, quality against total bytes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["load_run", "plot_quality_vs_bytes", "plot_run"]
+
+
+def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read a run directory's metrics.jsonl and summary.json (summary may be absent mid-run)."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: metrics.jsonl is missing.")
+    metrics = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    return metrics, summary
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Write plots/loss.png and plots/bytes.png for one run; return their paths."""
+    run_dir = Path(run_dir)
+    metrics, summary = load_run(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    rounds = [m["round"] for m in metrics]
+    title = f"{summary.get('method', '')} · {summary.get('model', '')} · {summary.get('dataset', '')}"
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rounds, [m["train_loss"] for m in metrics], marker="o", label="train loss (clients, weighted)")
+    ev = [(m["round"], m["eval_loss"]) for m in metrics if m["eval_loss"] is not None]
+    if summary.get("initial_eval_loss") is not None:
+        ev = [(0, summary["initial_eval_loss"])] + ev
+    if ev:
+        ax.plot([r for r, _ in ev], [v for _, v in ev], marker="s", label="held-out eval loss (global)")
+    ax.set(xlabel="round", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    loss_png = out / "loss.png"
+    fig.savefig(loss_png, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    up = _cumsum([m["upload_bytes"] / 1e6 for m in metrics])
+    down = _cumsum([m["download_bytes"] / 1e6 for m in metrics])
+    ax.plot(rounds, up, marker="o", label="upload (client→server)")
+    ax.plot(rounds, down, marker="s", label="download (server→client)")
+    ax.plot(rounds, [u + d for u, d in zip(up, down)], linestyle="--", label="total")
+    ax.set(xlabel="round", ylabel="cumulative MB", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    bytes_png = out / "bytes.png"
+    fig.savefig(bytes_png, dpi=120)
+    plt.close(fig)
+    return [loss_png, bytes_png]
+
+
+def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
+    """Eval loss against cumulative total MB, one line per run (the comparison plot)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run_dir in run_dirs:
+        metrics, summary = load_run(Path(run_dir))
+        total = _cumsum([(m["upload_bytes"] + m["download_bytes"]) / 1e6 for m in metrics])
+        pts = [(t, m["eval_loss"]) for t, m in zip(total, metrics) if m["eval_loss"] is not None]
+        if summary.get("initial_eval_loss") is not None:
+            pts = [(0.0, summary["initial_eval_loss"])] + pts
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=summary.get("method", Path(run_dir).name))
+    ax.set(xlabel="cumulative total traffic (MB, up + down)", ylabel="held-out eval loss", title="Quality vs bytes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cumsum(values: Sequence[float]) -> list[float]:
+    out, acc = [], 0.0
+    for v in values:
+        acc += v
+        out.append(acc)
+    return out

@@ -1,0 +1,178 @@
+"""Everything a run needs before round 1: model, LoRA, data, partitions, trainer, strategy, clients.
+
+Kept apart from the round loop so the Flower ClientApp/ServerApp can build the same pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecolora.client.lora import LoraSettings, add_lora_adapter, attach_lora, get_lora_state, save_adapter
+from ecolora.client.model import load_base_model
+from ecolora.client.train import LocalTrainer, sft_loss
+from ecolora.config import RunConfig
+from ecolora.sim.runtime import SharedModel, SimClient
+from ecolora.strategies import build_strategy
+from ecolora.strategies.base import Strategy
+
+logger = logging.getLogger("ecolora")
+
+__all__ = ["RunSetup", "TaskData", "build_setup", "build_task", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TaskData:
+    """Tokenized train/eval examples and how to batch, train and score them."""
+
+    train_examples: list[dict[str, Any]]
+    eval_examples: list[dict[str, Any]]
+    train_rows: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    loss_fn: Callable[..., Any]
+
+
+@dataclass
+class RunSetup:
+    strategy: Strategy
+    clients: list[SimClient]
+    eval_client: SimClient
+    eval_fn: Callable[[], float]
+    shared: SharedModel
+    lora_numel: int
+    num_train_examples: int
+    num_eval_examples: int
+    partition_stats: dict[str, Any]
+
+    def save_adapter(self, out_dir: Path) -> None:
+        self.strategy.save_global_adapter(self.shared.model, out_dir) if hasattr(
+            self.strategy, "save_global_adapter"
+        ) else save_adapter(self.shared.model, self.strategy.global_lora(), out_dir)
+
+
+def build_task(config: RunConfig, tokenizer: Any) -> TaskData:
+    """Load rows, draw the held-out split, tokenize once (SFT or DPO)."""
+    data = config.data
+    eval_size: float = int(data.eval_size) if data.eval_size >= 1 else float(data.eval_size)
+    if config.train.objective == "sft":
+        from ecolora.data import collate_sft, encode_sft, load_instruction_rows, split_train_eval
+
+        rows = load_instruction_rows(data.source, limit=data.limit, seed=config.seed)
+        train_rows, eval_rows = split_train_eval(rows, eval_size, seed=config.seed)
+        encode = lambda row: encode_sft(tokenizer, row, data.max_seq_len)  # noqa: E731
+        pad_id = int(tokenizer.pad_token_id)
+        collate = lambda batch: collate_sft(batch, pad_id)  # noqa: E731
+        loss_fn = sft_loss
+    else:
+        from ecolora.client.dpo import collate_preference, dpo_batch_loss, encode_preference
+        from ecolora.data import split_train_eval
+        from ecolora.data.preference import load_preference_rows
+
+        rows = load_preference_rows(data.source, limit=data.limit, seed=config.seed)
+        train_rows, eval_rows = split_train_eval(rows, eval_size, seed=config.seed)
+        encode = lambda row: encode_preference(tokenizer, row, data.max_seq_len)  # noqa: E731
+        pad_id = int(tokenizer.pad_token_id)
+        collate = lambda batch: collate_preference(batch, pad_id)  # noqa: E731
+        beta = config.train.dpo_beta
+        loss_fn = lambda model, batch: dpo_batch_loss(model, batch, beta)  # noqa: E731
+    return TaskData(
+        train_examples=[encode(r) for r in train_rows],
+        eval_examples=[encode(r) for r in eval_rows],
+        train_rows=train_rows,
+        collate=collate,
+        loss_fn=loss_fn,
+    )
+
+
+def build_setup(config: RunConfig) -> RunSetup:
+    seed_everything(config.seed)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    dtype = torch.float32 if config.model.dtype == "float32" else torch.bfloat16
+    base, tokenizer = load_base_model(config.model.name, dtype=dtype)
+    settings = LoraSettings(
+        r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+        target_modules=tuple(config.lora.target_modules),
+    )
+    model = attach_lora(base, settings, seed=config.seed)
+    adapter_for_rank = _flora_adapters(config, model, settings)
+    initial_lora = get_lora_state(model)
+
+    task = build_task(config, tokenizer)
+    from ecolora.data import make_partitioner, partition_stats
+
+    partitioner = make_partitioner(
+        config.data.partition, task.train_rows, config.fed.num_clients, seed=config.seed,
+        alpha=config.data.alpha, num_clusters=config.data.num_clusters,
+    )
+    stats = partition_stats(task.train_rows, partitioner)
+    trainer = LocalTrainer(
+        model=model, examples=task.train_examples, collate=task.collate, loss_fn=task.loss_fn,
+        lr=config.train.lr, batch_size=config.train.batch_size, local_steps=config.train.local_steps,
+        grad_accum=config.train.grad_accum, weight_decay=config.train.weight_decay,
+        max_grad_norm=config.train.max_grad_norm, seed=config.seed,
+    )
+    shared = SharedModel(model=model, trainer=trainer, adapter_for_rank=adapter_for_rank)
+    clients = [SimClient(cid, list(partitioner.load_partition(cid)), shared) for cid in range(config.fed.num_clients)]
+    strategy = build_strategy(config, initial_lora)
+    eval_client = SimClient(-1, [], shared)
+    eval_fn = _make_eval_fn(config, model, task)
+    logger.info(
+        "Run set up: %s on %s, %d train / %d eval examples, %d clients, LoRA %d values",
+        config.model.name, config.data.source, len(task.train_examples), len(task.eval_examples),
+        config.fed.num_clients, sum(v.numel() for v in initial_lora.values()),
+    )
+    return RunSetup(
+        strategy=strategy, clients=clients, eval_client=eval_client, eval_fn=eval_fn, shared=shared,
+        lora_numel=sum(v.numel() for v in initial_lora.values()),
+        num_train_examples=len(task.train_examples), num_eval_examples=len(task.eval_examples),
+        partition_stats=stats,
+    )
+
+
+def _flora_adapters(config: RunConfig, model: Any, settings: LoraSettings) -> Callable[[int], str] | None:
+    """FLoRA with heterogeneous ranks: one extra adapter per distinct rank on the same base."""
+    if not config.method.startswith("flora"):
+        return None
+    ranks = sorted(set(config.flora.ranks or [config.lora.r]))
+    for rank in ranks:
+        add_lora_adapter(model, f"r{rank}", LoraSettings(
+            r=rank, alpha=settings.alpha, dropout=settings.dropout, target_modules=settings.target_modules,
+        ), seed=config.seed)
+    return lambda rank: f"r{rank}"
+
+
+def _make_eval_fn(config: RunConfig, model: Any, task: TaskData) -> Callable[[], float]:
+    from ecolora.eval import held_out_loss
+
+    batch_size = max(config.eval.batch_size, 1)
+    examples = task.eval_examples
+
+    def batches():  # type: ignore[no-untyped-def]
+        for i in range(0, len(examples), batch_size):
+            yield task.collate(examples[i : i + batch_size])
+
+    if config.train.objective == "dpo":
+        def dpo_eval() -> float:
+            losses, weights = [], []
+            for batch in batches():
+                loss, _ = task.loss_fn(model, batch)
+                losses.append(float(loss))
+                weights.append(len(batch["chosen_input_ids"]) if "chosen_input_ids" in batch else 1)
+            return float(np.average(losses, weights=weights))
+
+        return dpo_eval
+    return lambda: float(held_out_loss(model, batches()))

@@ -1,0 +1,256 @@
+"""EcoLoRA (Liu et al., "EcoLoRA: Communication-Efficient Federated Fine-Tuning of Large Language
+Models", arXiv 2506.02001, EMNLP 2025) as a wrapper over FedIT and FFA-LoRA.
+
+Per round t, with the base method deciding which LoRA tensors are trained and exchanged:
+
+1. Server: densities k_t^A, k_t^B from the loss schedule (eq. 4)
+       k_t = k_min + (k_max - k_min) * exp(-gamma * (L_0 - L_{t-1})).
+2. Download (server -> client), sparsified with error feedback (eqs. 5-6). Two modes:
+   - ``sparsify: update`` (default): the server keeps Q, the replica clients hold, and moves it
+     by D_t = SC_k(P^t - Q_{t-1}) each round; the residual P - Q carries what was not sent.
+     A client last synchronised in round tau receives Q_t - Q_tau (sparse; the initial LoRA is
+     known to all from the shared seed, so tau = 0 needs no dense first message).
+   - ``sparsify: params`` (the paper's literal form): the server sends SC_k(P^t + R) and the
+     client keeps its previous value where nothing was sent.
+3. Client: staleness-decayed mixing (eq. 3) of the received global G with its own last local LoRA
+       start = (1 - e^{-beta (t - tau)}) G + e^{-beta (t - tau)} P_i^tau,
+   a first-time client starts from G; then local training.
+4. Upload (client -> server): only segment s = (j + t) mod N_s of the flattened exchanged LoRA
+   (eq. 2), sparsified with the client's residual: the update (local minus start) in ``update``
+   mode, the parameters themselves in ``params`` mode.
+5. Server: each segment is averaged over its uploaders weighted by sample counts; a segment
+   without uploader keeps its value. ``update``: P[s] += sum_i n_i U_i[s] / sum_i n_i.
+   ``params``: P[s] = sum_i n_i V_i[s] / sum_i n_i, V_i = sent value or P[s] where not sent.
+6. Every message is ``ecolora.codec.pack`` bytes (Golomb-coded positions, fp16 values).
+
+Ablations (paper Table 3): ``segments: false``, ``sparsification: none | fixed``,
+``encoding: coo`` (int32 indices + fp16 values).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ecolora import codec
+from ecolora.compress import AdaptiveK, AdaptiveKConfig, ErrorFeedback, sparsify_topk
+from ecolora.config import RunConfig
+from ecolora.strategies.base import AggregationError, ClientRuntime, Message, Strategy, get_strategy_class
+from ecolora.strategies.fedit import FedIT, _train_metrics, is_lora_a
+from ecolora.strategies.segments import SegmentLayout, assign_segment
+
+__all__ = ["EcoLoRA", "build_ecolora", "mixing_weight"]
+
+
+def mixing_weight(beta: float, server_round: int, last_round: int) -> float:
+    """Weight e^{-beta (t - tau)} of the client's own stale LoRA in eq. 3."""
+    return math.exp(-beta * (server_round - last_round))
+
+
+class EcoLoRA(Strategy):
+    """Segments + staleness mixing + adaptive sparsification + lossless coding over ``inner``."""
+
+    def __init__(self, inner: FedIT, config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> None:
+        super().__init__(config, initial_lora)
+        self.inner = inner
+        self.name = f"{inner.name}+ecolora"
+        self.eco = config.ecolora
+        self.global_state = {k: v.clone() for k, v in self.initial_lora.items() if inner.exchanged(k)}
+        num_segments = self.eco.num_segments if self.eco.segments else 1
+        self.layout = SegmentLayout.from_tensors(self.global_state, num_segments)
+        self.schedule = AdaptiveK(AdaptiveKConfig(
+            k_max=self.eco.k_max, k_min_a=self.eco.k_min_a, k_min_b=self.eco.k_min_b,
+            gamma_a=self.eco.gamma_a, gamma_b=self.eco.gamma_b,
+            fixed_density=self.eco.fixed_density if self.eco.sparsification == "fixed" else None,
+        ))
+        self.initial_loss: float | None = None
+        self.last_loss: float | None = None
+        # Download state: the replica Q held by clients (update mode) and its history by round.
+        self.replica = {k: v.clone() for k, v in self.global_state.items()}
+        self.replica_history: dict[int, dict[str, torch.Tensor]] = {0: {k: v.clone() for k, v in self.replica.items()}}
+        self.client_sync_round: dict[int, int] = {}
+        self.server_feedback = ErrorFeedback()
+
+    # ---- schedule ----------------------------------------------------------------------------
+    def densities(self) -> tuple[float, float]:
+        if self.eco.sparsification == "none":
+            return 1.0, 1.0
+        return (
+            self.schedule.density("A", self.initial_loss, self.last_loss),
+            self.schedule.density("B", self.initial_loss, self.last_loss),
+        )
+
+    # ---- server ------------------------------------------------------------------------------
+    def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
+        density_a, density_b = self.densities()
+        dens = _density_fn(density_a, density_b)
+        mode = self.eco.sparsify
+        sparse_down = self.eco.download_sparsification and self.eco.sparsification != "none"
+        if sparse_down and mode == "update":
+            delta = {k: self.global_state[k] - self.replica[k] for k in self.replica}
+            sent = {k: sparsify_topk(v, dens(k)) for k, v in delta.items()}
+            for k in self.replica:
+                self.replica[k] += sent[k]
+            self.replica_history[server_round] = {k: v.clone() for k, v in self.replica.items()}
+        elif sparse_down:
+            broadcast = self.server_feedback.compress("down", self.global_state, dens) if self.eco.error_feedback \
+                else {k: sparsify_topk(v, dens(k)) for k, v in self.global_state.items()}
+        messages = {}
+        for position, cid in enumerate(client_ids):
+            config = {
+                "round": server_round, "segment": assign_segment(position, server_round, self.layout.num_segments),
+                "density_a": density_a, "density_b": density_b, "download": "dense",
+            }
+            if not sparse_down:
+                tensors = {k: v.clone() for k, v in self.global_state.items()}
+            elif mode == "update":
+                since = self.replica_history[self.client_sync_round.get(cid, 0)]
+                tensors = {k: self.replica[k] - since[k] for k in self.replica}
+                config["download"] = "delta"
+                self.client_sync_round[cid] = server_round
+            else:
+                tensors = {k: v.clone() for k, v in broadcast.items()}
+                config["download"] = "sparse_params"
+            messages[cid] = Message(config=config, tensors=tensors)
+        self._prune_history()
+        return messages
+
+    def _prune_history(self) -> None:
+        keep = set(self.client_sync_round.values()) | {0}
+        for r in list(self.replica_history):
+            if r not in keep:
+                del self.replica_history[r]
+
+    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
+        if not replies:
+            return {"segments_updated": 0}
+        by_segment: dict[int, list[Message]] = {}
+        for cid in sorted(replies):
+            by_segment.setdefault(int(replies[cid].config["segment"]), []).append(replies[cid])
+        for segment, group in sorted(by_segment.items()):
+            self._aggregate_segment(segment, group)
+        weights = [r.num_examples for r in replies.values()]
+        total = float(sum(weights))
+        self.last_loss = sum(w * r.metrics["train_loss"] for w, r in zip(weights, replies.values())) / total
+        if self.initial_loss is None:
+            self.initial_loss = sum(w * r.metrics["initial_loss"] for w, r in zip(weights, replies.values())) / total
+        density_a, density_b = self.densities()
+        return {"segments_updated": len(by_segment), "next_density_a": density_a, "next_density_b": density_b}
+
+    def _aggregate_segment(self, segment: int, group: list[Message]) -> None:
+        if self.layout.num_segments == 1:
+            current = {k: v.reshape(-1).clone() for k, v in self.global_state.items()}
+        else:
+            current = self.layout.extract(self.global_state, segment)
+        total = float(sum(r.num_examples for r in group))
+        new = {k: torch.zeros_like(v) for k, v in current.items()}
+        for reply in group:
+            if set(reply.tensors) != set(current):
+                raise AggregationError(f"Reply for segment {segment} has tensors {sorted(reply.tensors)[:3]}..., expected the segment's pieces.")
+            w = reply.num_examples / total
+            for k, piece in reply.tensors.items():
+                piece = piece.reshape(-1).float()
+                if self.eco.sparsify == "update":
+                    new[k] += w * piece
+                else:
+                    new[k] += w * torch.where(piece != 0, piece, current[k])
+        if self.eco.sparsify == "update":
+            new = {k: current[k] + new[k] for k in new}
+        if self.layout.num_segments == 1:
+            for k, v in new.items():
+                self.global_state[k] = v.reshape(self.global_state[k].shape)
+        else:
+            self.layout.insert(self.global_state, segment, new)
+
+    def global_lora(self) -> dict[str, torch.Tensor]:
+        full = {k: v.clone() for k, v in self.initial_lora.items()}
+        full.update({k: v.clone() for k, v in self.global_state.items()})
+        return full
+
+    # ---- client ------------------------------------------------------------------------------
+    def client_round(self, runtime: ClientRuntime, message: Message) -> Message:
+        cfg = message.config
+        server_round = int(cfg["round"])
+        state = runtime.state
+        initial = {k: v for k, v in self.initial_lora.items() if self.inner.exchanged(k)}
+        previous_view = state.get("view", initial)
+        if cfg["download"] == "delta":
+            view = {k: previous_view[k] + message.tensors[k] for k in initial}
+        elif cfg["download"] == "sparse_params":
+            view = {k: torch.where(message.tensors[k] != 0, message.tensors[k], previous_view[k]) for k in initial}
+        else:
+            view = {k: message.tensors[k].float() for k in initial}
+        start = view
+        if "local" in state:  # eq. 3: staleness-decayed mixing with the client's own last LoRA
+            w = mixing_weight(self.eco.beta, server_round, int(state["tau"]))
+            start = {k: (1 - w) * view[k] + w * state["local"][k] for k in view}
+        runtime.set_lora(self.inner._complete(start))
+        self.inner.before_training(runtime)
+        result = runtime.train(server_round, cfg)
+        local = {k: v for k, v in runtime.get_lora().items() if k in initial}
+        state.update(view=view, local=local, tau=server_round)
+        outgoing = {k: local[k] - start[k] for k in local} if self.eco.sparsify == "update" else local
+        segment = int(cfg["segment"])
+        if self.layout.num_segments == 1:
+            pieces = {k: v.reshape(-1) for k, v in outgoing.items()}
+        else:
+            pieces = self.layout.extract(outgoing, segment)
+        pieces = self._compress_upload(state, f"up/{segment}", pieces, float(cfg["density_a"]), float(cfg["density_b"]))
+        return Message(config={"round": server_round, "segment": segment}, tensors=pieces,
+                       num_examples=result.num_examples, metrics=_train_metrics(result))
+
+    def _compress_upload(
+        self, state: dict[str, Any], stream: str, pieces: dict[str, torch.Tensor], density_a: float, density_b: float
+    ) -> dict[str, torch.Tensor]:
+        """Top-k of the outgoing pieces with the client's residual for this segment (eqs. 5-6)."""
+        if self.eco.sparsification == "none":
+            return pieces
+        dens = _density_fn(density_a, density_b)
+        if not self.eco.error_feedback:
+            return {k: sparsify_topk(v, dens(k)) for k, v in pieces.items()}
+        feedback = ErrorFeedback()
+        if "feedback" in state:
+            feedback.load_state_dict(state["feedback"])
+        out = feedback.compress(stream, pieces, dens)
+        state["feedback"] = feedback.state_dict()
+        return out
+
+    # ---- wire --------------------------------------------------------------------------------
+    def pack(self, message: Message, direction: str) -> bytes:
+        encoding = "coo" if self.eco.encoding == "coo" else "auto"
+        return codec.pack(message.tensors, value_dtype=torch.float16, encoding=encoding)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_state": self.global_state, "replica": self.replica, "replica_history": self.replica_history,
+            "client_sync_round": dict(self.client_sync_round), "initial_loss": self.initial_loss,
+            "last_loss": self.last_loss, "server_feedback": self.server_feedback.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.global_state = {k: v.clone() for k, v in state["global_state"].items()}
+        self.replica = {k: v.clone() for k, v in state["replica"].items()}
+        self.replica_history = {int(r): dict(v) for r, v in state["replica_history"].items()}
+        self.client_sync_round = {int(c): int(r) for c, r in state["client_sync_round"].items()}
+        self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
+        self.server_feedback.load_state_dict(state["server_feedback"])
+
+
+def _density_fn(density_a: float, density_b: float):  # type: ignore[no-untyped-def]
+    return lambda name: density_a if is_lora_a(name) else density_b
+
+
+def build_ecolora(base_name: str, config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
+    """``<base>+ecolora``: wrap FedIT or FFA-LoRA; FLoRA has its own compressed variant."""
+    if base_name == "flora":
+        from ecolora.strategies.flora import FLoRA
+
+        return FLoRA(config, initial_lora, compressed=True)
+    inner = get_strategy_class(base_name)(config, initial_lora)
+    if not isinstance(inner, FedIT):
+        raise ValueError(f"EcoLoRA wraps fedit or ffa, got {base_name!r}.")
+    return EcoLoRA(inner, config, initial_lora)

@@ -1,0 +1,112 @@
+"""FedIT and FFA-LoRA: FedAvg over the exchanged LoRA matrices.
+
+FedIT (Zhang et al., "Towards Building the Federated GPT: Federated Instruction Tuning",
+ICASSP 2024): every sampled client starts from the global LoRA, trains A and B locally, and the
+server replaces the global LoRA by the sample-weighted mean
+
+    P^{t+1} = sum_{i in S_t} n_i P_i^t / sum_{i in S_t} n_i.
+
+FFA-LoRA (Sun et al., "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024):
+A is initialised once from a seed shared by all parties and frozen; only B is trained and
+exchanged, which halves traffic and makes the average of B_i A equal to (mean B_i) A exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ecolora.strategies.base import ClientRuntime, Message, Strategy, register_strategy, weighted_average
+
+__all__ = ["FedIT", "FFALoRA", "is_lora_a"]
+
+
+def is_lora_a(name: str) -> bool:
+    return "lora_A" in name
+
+
+@register_strategy
+class FedIT(Strategy):
+    """FedAvg over LoRA A and B (dense fp16 messages)."""
+
+    name = "fedit"
+
+    def __init__(self, config, initial_lora) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config, initial_lora)
+        self.global_state = {k: v.clone() for k, v in self.initial_lora.items() if self.exchanged(k)}
+
+    def exchanged(self, name: str) -> bool:
+        """Whether a LoRA tensor is trained and sent (all of them for FedIT)."""
+        return True
+
+    # ---- server ------------------------------------------------------------------------------
+    def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
+        return {
+            cid: Message(config={"round": server_round}, tensors={k: v.clone() for k, v in self.global_state.items()})
+            for cid in client_ids
+        }
+
+    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
+        ordered = [replies[c] for c in sorted(replies)]
+        self.global_state = weighted_average(
+            [r.tensors for r in ordered], [r.num_examples for r in ordered], keys=sorted(self.global_state)
+        )
+        return {}
+
+    def global_lora(self) -> dict[str, torch.Tensor]:
+        full = {k: v.clone() for k, v in self.initial_lora.items()}
+        full.update({k: v.clone() for k, v in self.global_state.items()})
+        return full
+
+    # ---- client ------------------------------------------------------------------------------
+    def client_round(self, runtime: ClientRuntime, message: Message) -> Message:
+        self.before_training(runtime)
+        runtime.set_lora(self._complete(message.tensors))
+        result = runtime.train(message.config["round"], message.config)
+        local = runtime.get_lora()
+        return Message(
+            config={"round": message.config["round"]},
+            tensors={k: v for k, v in local.items() if self.exchanged(k)},
+            num_examples=result.num_examples,
+            metrics=_train_metrics(result),
+        )
+
+    def before_training(self, runtime: ClientRuntime) -> None:
+        """Hook: FFA-LoRA freezes A here."""
+
+    def _complete(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Received exchanged tensors plus the fixed, never-sent ones (FFA's shared A)."""
+        full = {k: v for k, v in self.initial_lora.items() if not self.exchanged(k)}
+        full.update(tensors)
+        return full
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global_state": self.global_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.global_state = {k: v.clone() for k, v in state["global_state"].items()}
+
+
+@register_strategy
+class FFALoRA(FedIT):
+    """FFA-LoRA: A frozen at its shared-seed initialisation; only B trained and exchanged."""
+
+    name = "ffa"
+
+    def exchanged(self, name: str) -> bool:
+        return not is_lora_a(name)
+
+    def before_training(self, runtime: ClientRuntime) -> None:
+        runtime.freeze(is_lora_a)
+
+
+def _train_metrics(result: Any) -> dict[str, float]:
+    return {
+        "train_loss": float(result.train_loss),
+        "initial_loss": float(result.initial_loss),
+        "compute_s": float(result.compute_s),
+        "num_steps": float(result.num_steps),
+        **{k: float(v) for k, v in result.metrics.items()},
+    }
