@@ -35,6 +35,16 @@ def get_cache_dir() -> Path:
 def pip_download(requirement: str, filename_prefix: str, *, sdist: bool = False) -> Path:
     """Download one distribution file of ``requirement`` into ``<cache>/downloads`` once.
 
+    pip >= 26 refuses an sdist from PyPI whose metadata declares a direct URL dependency, even
+    with ``--no-deps`` ("Distributions from PyPI cannot declare direct URL dependencies";
+    ``bigbench==1.0.0`` declares ``bleurt @ file://...``, a zip inside its own archive). No
+    command-line option turns that check off (it runs in pip's preparer, which every resolver
+    and build mode goes through; ``--use-deprecated=legacy-resolver`` fails the same way), so
+    for sdists pip runs through ``_PIP_MAIN``: its ordinary ``python -m pip`` entry with that one
+    check disabled. That is safe here because the file is only stored, never installed, and
+    ``--no-deps`` means the dependency is never followed. Older pip has no such check and the
+    patch is a no-op.
+
     Args:
         requirement: a pinned requirement such as ``"bigbench==1.0.0"``.
         filename_prefix: the start of the expected file name (``"bigbench-1.0.0"``); a file with
@@ -51,9 +61,10 @@ def pip_download(requirement: str, filename_prefix: str, *, sdist: bool = False)
         return found
     logger.info("Downloading %s from PyPI into %s (once)", requirement, dest)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement]
+        pip = [sys.executable, "-c", _PIP_MAIN] if sdist else [sys.executable, "-m", "pip"]
+        cmd = [*pip, "download", "--no-deps", "-q", "-d", tmp, requirement]
         if sdist:
-            cmd[4:4] = ["--no-binary", ":all:"]
+            cmd[-1:-1] = ["--no-binary", ":all:"]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         got = _find(Path(tmp), filename_prefix)
         if result.returncode != 0 or got is None:
@@ -64,6 +75,20 @@ def pip_download(requirement: str, filename_prefix: str, *, sdist: bool = False)
         final = dest / got.name
         os.replace(got, final)  # atomic: a crash never leaves a half file under the final name
     return final
+
+
+# `python -m pip` with pip 26's direct-URL-dependency check disabled (see pip_download).
+_PIP_MAIN = """
+import runpy, sys
+try:
+    from pip._internal.operations import prepare
+except ImportError:
+    prepare = None
+if prepare is not None and hasattr(prepare, "check_pypi_direct_references"):
+    prepare.check_pypi_direct_references = lambda *args, **kwargs: None
+sys.argv[0] = "pip"
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
 
 
 def _find(folder: Path, prefix: str) -> Path | None:
