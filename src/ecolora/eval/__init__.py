@@ -1,0 +1,31 @@
+"""Evaluation: held-out loss, multiple-choice scoring, preference accuracy and named suites."""
+
+from ecolora.eval.harness import evaluate_with_lm_eval
+from ecolora.eval.loss import held_out_loss, perplexity
+from ecolora.eval.multiple_choice import choice_logprobs, score_multiple_choice
+from ecolora.eval.preference import preference_accuracy
+from ecolora.eval.suites import (
+    BIGBENCH_MC_TASKS,
+    SUITES,
+    Suite,
+    get_suite,
+    load_suite,
+    register_suite,
+    run_suite,
+)
+
+__all__ = [
+    "BIGBENCH_MC_TASKS",
+    "SUITES",
+    "Suite",
+    "choice_logprobs",
+    "evaluate_with_lm_eval",
+    "get_suite",
+    "held_out_loss",
+    "load_suite",
+    "perplexity",
+    "preference_accuracy",
+    "register_suite",
+    "run_suite",
+    "score_multiple_choice",
+]

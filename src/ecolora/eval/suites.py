@@ -1,0 +1,378 @@
+"""Named evaluation suites: a registry of loaders and one ``run_suite`` entry point.
+
+============== ================ ================================================================
+suite          kind             data (``path`` overrides the hub; ``limit`` is per subset)
+============== ================ ================================================================
+arc            multiple_choice  ARC-Easy + ARC-Challenge test (``allenai/ai2_arc``); score = mean
+                                of the two (the EcoLoRA paper's ARC score)
+arc-easy       multiple_choice  ARC-Easy test
+arc-challenge  multiple_choice  ARC-Challenge test
+mmlu           multiple_choice  ``cais/mmlu`` ``all`` test; score over all items (lm-eval's group
+                                score, weighted by subject size)
+bigbench-mc    multiple_choice  offline, ``BIGBENCH_MC_TASKS`` from the BIG-bench sdist; score =
+                                mean over tasks (BIG-bench's convention)
+mc             multiple_choice  a local file already in the item schema (``path`` required)
+bigbench-pref  preference       offline ``bigbench-pref`` pairs (seeded shuffle, seed 0)
+preference     preference       a local preference file (``path`` required)
+loss           loss             a local file of ``{"prompt","response"}`` or ``{"text"}`` rows
+============== ================ ================================================================
+
+Local files: ``path`` is a ``.json``/``.jsonl``/``.parquet`` file or a folder of them (searched
+recursively; where some file names start with ``test``, only those are read, so a downloaded hub
+snapshot can be passed as is). The subset of a file is its first folder under ``path`` (hub layout
+``ARC-Easy/test-*.parquet``) or else its stem; MMLU rows use their ``subject``. For
+``bigbench-mc`` a file may be a whole BIG-bench ``task.json`` (``{"examples": [...]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecolora.eval import schemas
+
+logger = logging.getLogger("ecolora")
+
+__all__ = [
+    "BIGBENCH_MC_TASKS",
+    "SUITES",
+    "Suite",
+    "get_suite",
+    "load_suite",
+    "register_suite",
+    "run_suite",
+]
+
+# Knowledge and commonsense BIG-bench tasks with target_scores (+ the NI science subtask).
+BIGBENCH_MC_TASKS: tuple[str, ...] = (
+    "social_iqa",
+    "strategyqa",
+    "timedial",
+    "sports_understanding",
+    "winowhy",
+    "physical_intuition",
+    "epistemic_reasoning",
+    "general_knowledge",
+    "hindu_knowledge",
+    "known_unknowns",
+    "natural_instructions/subtask047_misc_answering_science_questions",
+)
+_KINDS = ("multiple_choice", "preference", "loss")
+_AGGREGATES = ("macro", "micro")
+_SUFFIXES = (".json", ".jsonl", ".parquet")
+Loader = Callable[[int | None, str | None], list[dict]]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One named suite: how to load its rows and how to combine subset scores."""
+
+    name: str = field(metadata={"help": "Name used by load_suite/run_suite and the CLI."})
+    kind: str = field(metadata={"help": "multiple_choice | preference | loss."})
+    loader: Loader = field(metadata={"help": "(limit, path) -> rows; limit is per subset."})
+    aggregate: str = field(
+        default="micro",
+        metadata={"help": "macro: mean of subset scores; micro: over all items."},
+    )
+    description: str = field(default="", metadata={"help": "One line for --help and docs."})
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Suite `kind` must be one of {', '.join(_KINDS)}, got {self.kind!r}.")
+        if self.aggregate not in _AGGREGATES:
+            raise ValueError(
+                f"Suite `aggregate` must be one of {', '.join(_AGGREGATES)}, got {self.aggregate!r}."
+            )
+
+
+SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Add ``suite`` to ``SUITES``; a name can be registered once."""
+    if suite.name in SUITES:
+        raise ValueError(f"Suite {suite.name!r} is already registered.")
+    SUITES[suite.name] = suite
+    return suite
+
+
+def get_suite(name: str) -> Suite:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown suite {name!r}; known suites: {', '.join(sorted(SUITES))}."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# File and hub readers
+# ---------------------------------------------------------------------------------------------
+
+
+def _data_files(path: str) -> list[tuple[Path, str]]:
+    """``(file, subset name)`` for a data file or a folder of them."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        return [(root, root.stem)]
+    if not root.is_dir():
+        raise ValueError(f"Suite data path {root} does not exist.")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+    tests = [p for p in files if p.name.startswith("test")]
+    files = tests or files
+    if not files:
+        raise ValueError(f"No {'/'.join(_SUFFIXES)} files under {root}.")
+    named = []
+    for file in files:
+        parts = file.relative_to(root).parts
+        named.append((file, parts[0] if len(parts) > 1 else file.stem))
+    return named
+
+
+def _read(file: Path) -> list[dict]:
+    from ecolora.data.preference import read_rows
+
+    return read_rows(file)
+
+
+def _take(items: list[dict], limit: int | None) -> list[dict]:
+    """The first ``limit`` items of each subset, subset order kept."""
+    if limit is None:
+        return items
+    counts: dict[str, int] = {}
+    kept = []
+    for item in items:
+        seen = counts.get(item.get("subset", ""), 0)
+        if seen < limit:
+            kept.append(item)
+        counts[item.get("subset", "")] = seen + 1
+    return kept
+
+
+def _from_hub(repo: str, config: str, split: str = "test") -> list[dict]:
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(repo, config, split=split))
+    except Exception as err:  # noqa: BLE001 - any hub/network failure gets the same advice
+        raise ValueError(
+            f"Could not load {repo} ({config}, {split}) from the Hugging Face hub: {err}. "
+            f"Without hub access, download its files and pass path=... (--path)."
+        ) from err
+
+
+def _file_loader(
+    convert: Callable[[list[dict], str], list[dict]], hub: list[tuple[str, str]]
+) -> Loader:
+    def load(limit: int | None, path: str | None) -> list[dict]:
+        if path is not None:
+            sources = [(_read(file), subset) for file, subset in _data_files(path)]
+        elif hub:
+            sources = [(_from_hub(repo, config), config) for repo, config in hub]
+        else:
+            raise ValueError("This suite reads a local file: pass path=... (--path).")
+        return _take([item for rows, subset in sources for item in convert(rows, subset)], limit)
+
+    return load
+
+
+def _load_bigbench_mc(limit: int | None, path: str | None) -> list[dict]:
+    if path is not None:
+        tasks = {}
+        for file, subset in _data_files(path):
+            data = json.loads(file.read_text(encoding="utf-8")) if file.suffix == ".json" else None
+            tasks[subset] = data if isinstance(data, dict) else {"examples": _read(file)}
+    else:
+        from ecolora.data.bigbench import load_task_json
+
+        tasks = load_task_json(BIGBENCH_MC_TASKS)
+    items = []
+    for name, task in tasks.items():
+        short = name.split("/")[-1]
+        if "target_scores" in (task.get("examples") or [{}])[0]:
+            items += schemas.bigbench_items(task, short)
+        else:
+            items += schemas.ni_science_items(task, short)
+    return _take(items, limit)
+
+
+def _load_pairs(limit: int | None, path: str | None, default: str | None) -> list[dict]:
+    from ecolora.data.preference import load_preference_rows
+
+    source = path or default
+    if source is None:
+        raise ValueError("This suite reads a local file: pass path=... (--path).")
+    return load_preference_rows(source, limit=limit, seed=0)
+
+
+def _load_text(limit: int | None, path: str | None) -> list[dict]:
+    if path is None:
+        raise ValueError("This suite reads a local file: pass path=... (--path).")
+    rows = [row for file, _ in _data_files(path) for row in _read(file)]
+    for i, row in enumerate(rows):
+        if not ("text" in row or ("prompt" in row and "response" in row)):
+            raise ValueError(
+                f"Loss row {i} needs 'text' or 'prompt' and 'response', got keys {sorted(row)}."
+            )
+    return rows[:limit] if limit is not None else rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def load_suite(name: str, *, limit: int | None = None, path: str | None = None) -> list[dict]:
+    """Rows of suite ``name``: items for multiple choice, pairs for preference, text rows for loss.
+
+    Args:
+        limit: at most this many rows per subset (per ARC split, MMLU subject, BIG-bench task),
+            the first ones in file order; pairs are shuffled with seed 0 first.
+        path: a local file or folder in the suite's schema instead of the hub.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"`limit` must be >= 1 or None, got {limit}.")
+    rows = get_suite(name).loader(limit, path)
+    if not rows:
+        raise ValueError(f"Suite {name!r} loaded no rows (path={path!r}).")
+    return rows
+
+
+def _aggregate(per_subset: dict[str, dict[str, float]], how: str) -> dict[str, float]:
+    n = sum(int(s["n"]) for s in per_subset.values())
+    out: dict[str, float] = {"n": n}
+    for metric in ("acc", "acc_norm"):
+        if how == "macro":
+            out[metric] = sum(s[metric] for s in per_subset.values()) / len(per_subset)
+        else:
+            out[metric] = sum(s[metric] * s["n"] for s in per_subset.values()) / n
+    return out
+
+
+def _run_multiple_choice(
+    suite: Suite,
+    items: list[dict],
+    model: Any,
+    tokenizer: Any,
+    batch_size: int,
+    max_seq_len: int | None,
+) -> dict[str, Any]:
+    from ecolora.eval.multiple_choice import score_multiple_choice
+
+    by_subset: dict[str, list[dict]] = {}
+    for item in items:
+        by_subset.setdefault(item.get("subset", suite.name), []).append(item)
+    per_subset = {
+        subset: score_multiple_choice(
+            model, tokenizer, group, batch_size=batch_size, max_seq_len=max_seq_len
+        )
+        for subset, group in by_subset.items()
+    }
+    return {
+        **_aggregate(per_subset, suite.aggregate),
+        "aggregate": suite.aggregate,
+        "subsets": per_subset,
+    }
+
+
+def _run_loss(
+    rows: list[dict], model: Any, tokenizer: Any, batch_size: int, max_seq_len: int
+) -> dict[str, Any]:
+    from ecolora.client.dpo import IGNORE_INDEX, encode_pair
+    from ecolora.eval.loss import held_out_loss, perplexity
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = []
+    for row in rows:
+        if "text" in row:
+            ids = list(tokenizer(row["text"], add_special_tokens=True)["input_ids"])[:max_seq_len]
+            encoded.append((ids, ids))
+        else:
+            encoded.append(encode_pair(tokenizer, row["prompt"], row["response"], max_seq_len))
+
+    def batches():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            length = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)  # (b, T)
+            labels = torch.full_like(input_ids, IGNORE_INDEX)  # (b, T)
+            attention_mask = torch.zeros_like(input_ids)  # (b, T)
+            for row, (ids, lab) in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.as_tensor(ids)
+                labels[row, : len(lab)] = torch.as_tensor(lab)
+                attention_mask[row, : len(ids)] = 1
+            yield {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    loss = held_out_loss(model, batches())
+    return {"loss": loss, "perplexity": perplexity(loss), "n": len(rows)}
+
+
+def run_suite(
+    name: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    path: str | None = None,
+    max_seq_len: int | None = None,
+    beta: float = 0.1,
+) -> dict[str, Any]:
+    """Load suite ``name`` and score ``model`` on it.
+
+    Returns:
+        Always ``suite``, ``kind`` and ``n``. Multiple choice: ``acc``, ``acc_norm``, ``aggregate``
+        and per-subset ``subsets``; preference (``model`` must be a peft model): the fields of
+        ``preference_accuracy``; loss: ``loss`` and ``perplexity``.
+    """
+    suite = get_suite(name)
+    rows = load_suite(name, limit=limit, path=path)
+    logger.info("Evaluating suite %s on %d rows", name, len(rows))
+    if suite.kind == "multiple_choice":
+        result = _run_multiple_choice(suite, rows, model, tokenizer, batch_size, max_seq_len)
+    elif suite.kind == "preference":
+        from ecolora.eval.preference import preference_accuracy
+
+        result = preference_accuracy(
+            model, tokenizer, rows, beta=beta, batch_size=batch_size, max_seq_len=max_seq_len or 512
+        )
+    else:
+        result = _run_loss(rows, model, tokenizer, batch_size, max_seq_len or 512)
+    return {"suite": name, "kind": suite.kind, **result}
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in suites
+# ---------------------------------------------------------------------------------------------
+
+_ARC = "allenai/ai2_arc"
+_EASY, _CHALLENGE = (_ARC, "ARC-Easy"), (_ARC, "ARC-Challenge")
+_MC = "multiple_choice"
+_BUILTIN = (
+    Suite("arc", _MC, _file_loader(schemas.arc_items, [_EASY, _CHALLENGE]), "macro",
+          "ARC-Easy and ARC-Challenge test; score = mean of the two"),
+    Suite("arc-easy", _MC, _file_loader(schemas.arc_items, [_EASY]), description="ARC-Easy test"),
+    Suite("arc-challenge", _MC, _file_loader(schemas.arc_items, [_CHALLENGE]),
+          description="ARC-Challenge test"),
+    Suite("mmlu", _MC, _file_loader(schemas.mmlu_items, [("cais/mmlu", "all")]),
+          description="MMLU test, 57 subjects, lettered answers"),
+    Suite("bigbench-mc", _MC, _load_bigbench_mc, "macro",
+          "offline BIG-bench knowledge/commonsense tasks; score = mean over tasks"),
+    Suite("mc", _MC, _file_loader(schemas.mc_items, []),
+          description="local file of {question, choices, answer} items"),
+    Suite("bigbench-pref", "preference", partial(_load_pairs, default="bigbench-pref"),
+          description="reward accuracy/margin on offline bigbench-pref pairs"),
+    Suite("preference", "preference", partial(_load_pairs, default=None),
+          description="reward accuracy/margin on a local preference file"),
+    Suite("loss", "loss", _load_text,
+          description="held-out loss on local prompt/response or text rows"),
+)  # fmt: skip
+for _suite in _BUILTIN:
+    register_suite(_suite)
