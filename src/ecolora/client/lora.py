@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +123,7 @@ def attach_lora(
         ValueError: a target module name matches no ``nn.Linear`` of the model.
     """
     _check_targets(model, settings)
-    with torch.random.fork_rng(devices=[]):
+    with _quiet_peft():
         peft_model = get_peft_model(model, settings.to_peft_config(), adapter_name=adapter_name)
     _init_adapter(peft_model, adapter_name, seed)
     return peft_model
@@ -134,7 +136,7 @@ def add_lora_adapter(
     if name in peft_model.peft_config:
         raise ValueError(f"Adapter {name!r} already exists; adapters: {_adapters(peft_model)}.")
     _check_targets(peft_model, settings)
-    with torch.random.fork_rng(devices=[]):
+    with _quiet_peft():
         peft_model.add_adapter(name, settings.to_peft_config())
     _init_adapter(peft_model, name, seed)
 
@@ -155,6 +157,14 @@ def linear_module_names(model: nn.Module) -> list[str]:
         if isinstance(module, LoraLayer) or (isinstance(module, nn.Linear) and not inside_lora):
             names.add(short)
     return sorted(names)
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Keep peft's module construction off the global RNG; hide a transformers deprecation."""
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
 
 
 def _check_targets(model: nn.Module, settings: LoraSettings) -> None:
