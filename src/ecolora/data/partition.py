@@ -193,9 +193,7 @@ class DirichletPartitioner(_LabelPartitioner):
         _check_int("max_tries", max_tries, minimum=1)
         self.alpha = float(alpha)
         self._max_tries = max_tries
-        super().__init__(
-            labels, num_partitions, seed=seed, min_partition_size=min_partition_size
-        )
+        super().__init__(labels, num_partitions, seed=seed, min_partition_size=min_partition_size)
 
     def _build(self) -> np.ndarray:
         num_clients = self._num_partitions

@@ -117,7 +117,9 @@ def normalize_rows(records: Iterable[Mapping[str, Any]], origin: str) -> list[di
     schema: str | None = None
     for i, record in enumerate(records):
         if not isinstance(record, Mapping):
-            raise ValueError(f"Row {i} of {origin} is a {type(record).__name__}, expected an object.")
+            raise ValueError(
+                f"Row {i} of {origin} is a {type(record).__name__}, expected an object."
+            )
         if schema is None:
             schema = _detect_schema(record, origin)
         fields = DOLLY_FIELDS if schema == "Dolly" else ALPACA_FIELDS

@@ -71,7 +71,10 @@ def test_missing_field_names_field_and_file(
 
 def test_alpaca_missing_output_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"Missing field `output` in row 1 of mem \(Alpaca"):
-        normalize_rows([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": ""}], "mem")
+        normalize_rows(
+            [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": ""}],
+            "mem",
+        )
 
 
 def test_unknown_schema_lists_both() -> None:
@@ -181,7 +184,10 @@ def test_bigbench_ni_is_converted_once(tmp_path: Path, monkeypatch: pytest.Monke
     fake = {
         f"natural_instructions/{names[0]}": {
             "description": " Definition: answer. ",
-            "examples": [{"input": "Q1", "target": ["A1", "alt"]}, {"input": "Q2", "target": ["A2"]}],
+            "examples": [
+                {"input": "Q1", "target": ["A1", "alt"]},
+                {"input": "Q2", "target": ["A2"]},
+            ],
         },
         f"natural_instructions/{names[1]}": {
             "description": "Definition: science.",
