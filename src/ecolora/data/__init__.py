@@ -12,13 +12,13 @@ Importing this package does not import ``datasets`` or scikit-learn; they load o
 """
 
 from ecolora.data.bigbench import load_task_json, natural_instructions_subtasks
+from ecolora.data.kmeans import kmeans_labels
 from ecolora.data.partition import (
     PARTITIONERS,
     DirichletPartitioner,
     IidPartitioner,
     Partitioner,
     TaskPartitioner,
-    kmeans_labels,
     make_partitioner,
     partition_stats,
 )

@@ -26,7 +26,6 @@ __all__ = [
     "IidPartitioner",
     "Partitioner",
     "TaskPartitioner",
-    "kmeans_labels",
     "make_partitioner",
     "partition_stats",
 ]
@@ -281,6 +280,8 @@ def make_partitioner(
     if name == "iid":
         return IidPartitioner(len(rows), num_partitions, **sizes)
     if name == "kmeans":
+        from ecolora.data.kmeans import kmeans_labels  # partition <-> kmeans import cycle
+
         labels = kmeans_labels(rows, num_clusters, seed=seed)
         return DirichletPartitioner(labels, num_partitions, alpha=alpha, **sizes)
     categories = [row.get("category") for row in rows]
@@ -294,47 +295,6 @@ def make_partitioner(
     if name == "task":
         return TaskPartitioner(categories, num_partitions, **sizes)
     return DirichletPartitioner(categories, num_partitions, alpha=alpha, **sizes)
-
-
-def kmeans_labels(
-    rows: Sequence[Mapping[str, Any]], num_clusters: int, *, seed: int, max_features: int = 1000
-) -> list[str]:
-    """Synthetic categories for data without them (EcoLoRA, arXiv:2506.02001, Appendix A).
-
-    1. Text of a row: ``instruction + " " + input``.
-    2. TF-IDF vectors with at most ``max_features`` terms, English stop words removed
-       (scikit-learn ``TfidfVectorizer``).
-    3. K-means (``KMeans(n_clusters=num_clusters, random_state=seed)``); the cluster id of a
-       row is its category, named ``"cluster_00"``, ``"cluster_01"``, ...
-    """
-    _check_int("num_clusters", num_clusters, minimum=1)
-    _check_int("seed", seed, minimum=0)
-    if num_clusters > len(rows):
-        raise ValueError(
-            f"`num_clusters` ({num_clusters}) exceeds the number of rows ({len(rows)}); use "
-            "fewer clusters."
-        )
-    from sklearn.cluster import KMeans
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts = [f"{row['instruction']} {row.get('input') or ''}".strip() for row in rows]
-    try:
-        features = TfidfVectorizer(max_features=max_features, stop_words="english").fit_transform(
-            texts
-        )  # (num_rows, <= max_features) sparse
-    except ValueError as exc:  # "empty vocabulary": only stop words or no text
-        raise ValueError(
-            f"TF-IDF found no usable words in the {len(rows)} rows ({exc}); the `kmeans` "
-            "partitioner needs English text in `instruction`/`input`."
-        ) from exc
-    kmeans = KMeans(n_clusters=num_clusters, random_state=seed % 2**32, n_init="auto")
-    cluster_ids = kmeans.fit_predict(features)  # (num_rows,)
-    logger.info(
-        "K-means synthetic categories: %d clusters, sizes %s",
-        num_clusters,
-        np.bincount(cluster_ids, minlength=num_clusters).tolist(),
-    )
-    return [f"cluster_{c:02d}" for c in cluster_ids]
 
 
 def partition_stats(rows: Sequence[Mapping[str, Any]], partitioner: Partitioner) -> dict[str, Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ecolora.data.kmeans import kmeans_labels
 from ecolora.data.partition import (
     DirichletPartitioner,
     IidPartitioner,
     TaskPartitioner,
-    kmeans_labels,
     make_partitioner,
     partition_stats,
 )
@@ -198,6 +198,14 @@ def test_kmeans_partitioner_reports_clusters_for_rows_without_category() -> None
     assert stats["categories"] == ["cluster_00", "cluster_01", "cluster_02"]
     assert sum(c["num_examples"] for c in stats["clients"]) == 60
     _assert_exact_cover(_all_partitions(partitioner), 60)
+
+
+def test_kmeans_reads_the_prompt_of_preference_rows() -> None:
+    rows = [
+        {"prompt": r["instruction"], "chosen": "a", "rejected": "b", "category": None}
+        for r in _topic_rows()
+    ]
+    assert kmeans_labels(rows, 3, seed=0) == kmeans_labels(_topic_rows(), 3, seed=0)
 
 
 def test_kmeans_input_checks() -> None:
