@@ -157,7 +157,7 @@ def evaluate(
 ) -> None:
     """Score a base model or a fine-tuned adapter on an evaluation suite."""
     _setup_logging(False)
-    from ecolora.eval.cli import evaluate_adapter
+    from ecolora.eval.adapter import evaluate_adapter
 
     try:
         result = evaluate_adapter(adapter=adapter, suite=suite, model=model, limit=limit, path=path)
