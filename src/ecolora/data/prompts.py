@@ -12,15 +12,17 @@ causal-LM models.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 
 __all__ = [
+    "HEAD_NO_INPUT",
+    "HEAD_WITH_INPUT",
     "IGNORE_INDEX",
-    "PROMPT_NO_INPUT",
-    "PROMPT_WITH_INPUT",
+    "INPUT_HEADER",
     "RESPONSE_MARKER",
     "collate_sft",
     "encode_sft",
@@ -28,16 +30,17 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss(ignore_index=-100), the HF default
-RESPONSE_MARKER = "\n\n### Response:\n"
-PROMPT_WITH_INPUT = (
+# The template in pieces: HEAD + instruction [+ INPUT_HEADER + input] + RESPONSE_MARKER.
+HEAD_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}" + RESPONSE_MARKER
+    "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
 )
-PROMPT_NO_INPUT = (
+HEAD_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}" + RESPONSE_MARKER
+    "completes the request.\n\n### Instruction:\n"
 )
+INPUT_HEADER = "\n\n### Input:\n"
+RESPONSE_MARKER = "\n\n### Response:\n"
 
 
 class Tokenizer(Protocol):
@@ -51,13 +54,12 @@ class Tokenizer(Protocol):
 def format_prompt(row: Mapping[str, Any]) -> str:
     """The Alpaca prompt for ``row`` up to and including ``"### Response:\\n"``.
 
-    Rows with an empty ``input`` use the no-input variant of the template.
+    ``instruction`` and ``input`` are stripped; an empty ``input`` selects the no-input variant.
     """
-    instruction = str(row["instruction"]).strip()
-    context = str(row.get("input") or "").strip()
+    instruction, context = _fields(row)
     if context:
-        return PROMPT_WITH_INPUT.format(instruction=instruction, input=context)
-    return PROMPT_NO_INPUT.format(instruction=instruction)
+        return HEAD_WITH_INPUT + instruction + INPUT_HEADER + context + RESPONSE_MARKER
+    return HEAD_NO_INPUT + instruction + RESPONSE_MARKER
 
 
 def encode_sft(
@@ -65,16 +67,22 @@ def encode_sft(
 ) -> dict[str, list[int]]:
     """Tokenize prompt + response + EOS; labels are ``-100`` on the prompt.
 
-    The response is ``row["output"]`` with surrounding whitespace stripped. No special tokens are
-    added besides the EOS appended after the response (SmolLM2 has no BOS).
+    The template pieces, the instruction, the input and the response (``row["output"]``,
+    stripped) are tokenized separately and concatenated; every boundary is at a newline, so
+    this equals tokenizing the whole text for byte-level BPE tokenizers such as SmolLM2's.
+    Template pieces and instructions are memoized per tokenizer (Natural-Instructions rows
+    share 61 long instructions). No special tokens are added besides the EOS appended after
+    the response (SmolLM2 has no BOS).
 
     Truncation to ``max_seq_len`` cuts the prompt first so that the response survives:
 
     1. If prompt + response + EOS fit, nothing is cut.
     2. Otherwise the prompt is shortened, down to a floor of ``min(len(prompt), max_seq_len // 2)``
-       tokens. A shortened prompt keeps its beginning (preamble, instruction, start of the input)
-       and always ends with the ``### Response:`` marker; the tokens just before the marker
-       (the end of the input) are dropped.
+       tokens. The template text (preamble, ``### Input:`` and ``### Response:`` headers) is
+       kept; the instruction and the input lose tokens at their ends, the longer one first, so
+       when both are long each keeps half of the room (the start of a passage and the start
+       of a task definition both survive). If the room is too small even for that, the prompt
+       keeps its beginning and the ``### Response:`` marker.
     3. If the response + EOS still do not fit next to that floor, the response is cut at its
        end and gets no EOS (the model must not learn to stop where the text did not stop).
 
@@ -86,26 +94,27 @@ def encode_sft(
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("The tokenizer has no `eos_token`; set one before encoding.")
-    marker_ids = _ids(tokenizer, RESPONSE_MARKER)
+    marker_ids = _cached_ids(tokenizer, RESPONSE_MARKER)
     min_len = 2 * len(marker_ids) + 2
     if max_seq_len < min_len:
         raise ValueError(
             f"`max_seq_len` must be >= {min_len} (room for the response marker and a response), "
             f"got {max_seq_len}."
         )
-    prompt_ids = _ids(tokenizer, format_prompt(row))
+    pieces = _prompt_pieces(tokenizer, row)  # head, instruction, input header, input, marker
+    num_prompt = sum(len(piece) for piece in pieces)
     response_ids = _ids(tokenizer, str(row["output"]).strip())
-    num_prompt, num_response = len(prompt_ids), len(response_ids) + 1  # + EOS
-    if num_prompt + num_response <= max_seq_len:
-        return _join(prompt_ids, response_ids + [eos_id])
-    floor = min(num_prompt, max_seq_len // 2)
-    keep_prompt = max(floor, max_seq_len - num_response)
-    if keep_prompt < num_prompt:
-        cut = keep_prompt - len(marker_ids)
-        prompt_ids = prompt_ids[:cut] + marker_ids
-    room = max_seq_len - len(prompt_ids)
-    tail = response_ids + [eos_id] if num_response <= room else response_ids[:room]
-    return _join(prompt_ids, tail)
+    num_response = len(response_ids) + 1  # + EOS
+    budget = num_prompt
+    if num_prompt + num_response > max_seq_len:
+        budget = max(min(num_prompt, max_seq_len // 2), max_seq_len - num_response)
+    prompt_ids = _truncate_prompt(pieces, budget)
+    space = max_seq_len - len(prompt_ids)
+    tail = response_ids + [eos_id] if num_response <= space else response_ids[:space]
+    return {
+        "input_ids": prompt_ids + tail,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + tail,
+    }
 
 
 def collate_sft(
@@ -136,12 +145,48 @@ def collate_sft(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def _fields(row: Mapping[str, Any]) -> tuple[str, str]:
+    return str(row["instruction"]).strip(), str(row.get("input") or "").strip()
+
+
+def _prompt_pieces(tokenizer: Tokenizer, row: Mapping[str, Any]) -> list[list[int]]:
+    instruction, context = _fields(row)
+    return [
+        _cached_ids(tokenizer, HEAD_WITH_INPUT if context else HEAD_NO_INPUT),
+        _cached_ids(tokenizer, instruction),
+        _cached_ids(tokenizer, INPUT_HEADER) if context else [],
+        _ids(tokenizer, context) if context else [],
+        _cached_ids(tokenizer, RESPONSE_MARKER),
+    ]
+
+
+def _truncate_prompt(pieces: list[list[int]], budget: int) -> list[int]:
+    """Join the prompt pieces into at most ``budget`` tokens (rule 2 of :func:`encode_sft`)."""
+    head, instruction, header, context, marker = pieces
+    if sum(len(piece) for piece in pieces) <= budget:
+        return head + instruction + header + context + marker
+    room = budget - len(head) - len(header) - len(marker)
+    if room < 0:  # not even the template fits: keep the beginning and the marker
+        return (head + instruction + header + context)[: budget - len(marker)] + marker
+    keep_instruction, keep_context = _share(len(instruction), len(context), room)
+    return head + instruction[:keep_instruction] + header + context[:keep_context] + marker
+
+
+def _share(num_a: int, num_b: int, room: int) -> tuple[int, int]:
+    """Split ``room`` tokens between two fields: each gets up to half, the rest goes to the
+    one that needs more; neither gets more than it has."""
+    keep_a = min(num_a, max(room // 2, room - num_b))
+    return keep_a, min(num_b, room - keep_a)
+
+
 def _ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _join(prompt_ids: list[int], response_ids: list[int]) -> dict[str, list[int]]:
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
-    }
+@functools.lru_cache(maxsize=4096)
+def _cached_ids_tuple(tokenizer: Tokenizer, text: str) -> tuple[int, ...]:
+    return tuple(_ids(tokenizer, text))
+
+
+def _cached_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list(_cached_ids_tuple(tokenizer, text))

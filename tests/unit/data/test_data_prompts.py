@@ -7,7 +7,9 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from ecolora.data.prompts import (
+    HEAD_WITH_INPUT,
     IGNORE_INDEX,
+    INPUT_HEADER,
     RESPONSE_MARKER,
     collate_sft,
     encode_sft,
@@ -69,6 +71,41 @@ def test_long_response_keeps_half_the_budget_for_the_prompt(
     assert out["input_ids"] == prompt_ids[: 40 - len(marker_ids)] + marker_ids + response_ids[:40]
     assert out["labels"] == [IGNORE_INDEX] * 40 + response_ids[:40]
     assert tokenizer.eos_token_id not in out["input_ids"]  # cut text must not learn to stop
+
+
+def test_long_instruction_and_long_input_share_the_room(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    row = {
+        "instruction": "Definition: the quick brown fox " * 20,
+        "input": "Passage: a federated client trains " * 20,
+        "output": "Paris",
+    }
+    head, header = _ids(tokenizer, HEAD_WITH_INPUT), _ids(tokenizer, INPUT_HEADER)
+    marker = _ids(tokenizer, RESPONSE_MARKER)
+    instruction = _ids(tokenizer, row["instruction"].strip())
+    context = _ids(tokenizer, row["input"].strip())
+    response = _ids(tokenizer, "Paris") + [tokenizer.eos_token_id]
+    max_seq_len = 120
+    room = max_seq_len - len(response) - len(head) - len(header) - len(marker)
+    assert room < min(len(instruction), len(context))  # both fields must be cut
+    out = encode_sft(tokenizer, row, max_seq_len)
+    half = room // 2
+    expected = head + instruction[:half] + header + context[: room - half] + marker + response
+    assert out["input_ids"] == expected
+
+
+def test_tiny_budget_keeps_prompt_start_and_marker(tokenizer: PreTrainedTokenizerFast) -> None:
+    marker = _ids(tokenizer, RESPONSE_MARKER)
+    max_seq_len = 2 * len(marker) + 2  # the smallest accepted length
+    row = dict(ROW, output="jumps over the lazy dog " * 10)
+    out = encode_sft(tokenizer, row, max_seq_len)
+    budget = max_seq_len // 2
+    assert len(_ids(tokenizer, HEAD_WITH_INPUT)) + len(marker) > budget  # template cannot fit
+    prompt = _ids(tokenizer, format_prompt(row))[: budget - len(marker)] + marker
+    response = _ids(tokenizer, row["output"].strip())[: max_seq_len - budget]
+    assert out["input_ids"] == prompt + response
+    assert out["labels"] == [IGNORE_INDEX] * budget + response
 
 
 def test_short_prompt_stays_whole_when_the_response_is_cut(
