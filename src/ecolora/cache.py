@@ -40,8 +40,8 @@ def pip_download(requirement: str, filename_prefix: str, *, sdist: bool = False)
     ``bigbench==1.0.0`` declares ``bleurt @ file://...``, a zip inside its own archive). No
     command-line option turns that check off (it runs in pip's preparer, which every resolver
     and build mode goes through; ``--use-deprecated=legacy-resolver`` fails the same way), so
-    for sdists pip runs through ``_PIP_MAIN``: its ordinary ``python -m pip`` entry with that one
-    check disabled. That is safe here because the file is only stored, never installed, and
+    for sdists pip runs through its ordinary ``python -m pip`` entry with that one check
+    disabled. That is safe here because the file is only stored, never installed, and
     ``--no-deps`` means the dependency is never followed. Older pip has no such check and the
     patch is a no-op.
 
@@ -60,8 +60,20 @@ def pip_download(requirement: str, filename_prefix: str, *, sdist: bool = False)
     if found is not None:
         return found
     logger.info("Downloading %s from PyPI into %s (once)", requirement, dest)
+    # `python -m pip` with pip 26's direct-URL-dependency check disabled (see above).
+    pip_main = (
+        "import runpy, sys\n"
+        "try:\n"
+        "    from pip._internal.operations import prepare\n"
+        "except ImportError:\n"
+        "    prepare = None\n"
+        "if prepare is not None and hasattr(prepare, 'check_pypi_direct_references'):\n"
+        "    prepare.check_pypi_direct_references = lambda *args, **kwargs: None\n"
+        "sys.argv[0] = 'pip'\n"
+        "runpy.run_module('pip', run_name='__main__', alter_sys=True)\n"
+    )
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        pip = [sys.executable, "-c", _PIP_MAIN] if sdist else [sys.executable, "-m", "pip"]
+        pip = [sys.executable, "-c", pip_main] if sdist else [sys.executable, "-m", "pip"]
         cmd = [*pip, "download", "--no-deps", "-q", "-d", tmp, requirement]
         if sdist:
             cmd[-1:-1] = ["--no-binary", ":all:"]
@@ -75,20 +87,6 @@ def pip_download(requirement: str, filename_prefix: str, *, sdist: bool = False)
         final = dest / got.name
         os.replace(got, final)  # atomic: a crash never leaves a half file under the final name
     return final
-
-
-# `python -m pip` with pip 26's direct-URL-dependency check disabled (see pip_download).
-_PIP_MAIN = """
-import runpy, sys
-try:
-    from pip._internal.operations import prepare
-except ImportError:
-    prepare = None
-if prepare is not None and hasattr(prepare, "check_pypi_direct_references"):
-    prepare.check_pypi_direct_references = lambda *args, **kwargs: None
-sys.argv[0] = "pip"
-runpy.run_module("pip", run_name="__main__", alter_sys=True)
-"""
 
 
 def _find(folder: Path, prefix: str) -> Path | None:
