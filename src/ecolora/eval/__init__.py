@@ -3,7 +3,7 @@
 from ecolora.eval.harness import evaluate_with_lm_eval
 from ecolora.eval.loss import held_out_loss, perplexity
 from ecolora.eval.multiple_choice import choice_logprobs, score_multiple_choice
-from ecolora.eval.preference import preference_accuracy
+from ecolora.eval.preference import preference_accuracy, preference_metrics
 from ecolora.eval.suites import (
     BIGBENCH_MC_TASKS,
     SUITES,
@@ -25,6 +25,7 @@ __all__ = [
     "load_suite",
     "perplexity",
     "preference_accuracy",
+    "preference_metrics",
     "register_suite",
     "run_suite",
     "score_multiple_choice",

@@ -9,14 +9,48 @@ the policy equals the reference: every reward is 0, accuracy 0 and the loss ``lo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ecolora.client.dpo import collate_preference, dpo_loss, encode_preference, pair_logps
 
-__all__ = ["preference_accuracy"]
+__all__ = ["preference_accuracy", "preference_metrics"]
+
+
+def preference_metrics(
+    peft_model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *, beta: float = 0.1
+) -> dict[str, float]:
+    """Reward statistics over collated batches (``collate_preference`` output), pair-weighted.
+
+    Returns:
+        ``{"reward_accuracy", "reward_margin", "dpo_loss", "chosen_reward", "rejected_reward",
+        "n"}``, each a mean over pairs.
+    """
+    losses, chosen, rejected = [], [], []
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                loss, r_w, r_l = dpo_loss(*pair_logps(peft_model, batch), beta)
+                losses.append(loss)
+                chosen.append(r_w)
+                rejected.append(r_l)
+    finally:
+        peft_model.train(was_training)
+    if not losses:
+        raise ValueError("preference_metrics got no batches.")
+    r_w, r_l = torch.cat(chosen), torch.cat(rejected)  # (n,)
+    return {
+        "reward_accuracy": float((r_w > r_l).float().mean()),
+        "reward_margin": float((r_w - r_l).mean()),
+        "dpo_loss": float(torch.cat(losses).mean()),
+        "chosen_reward": float(r_w.mean()),
+        "rejected_reward": float(r_l.mean()),
+        "n": int(r_w.numel()),
+    }
 
 
 def preference_accuracy(
@@ -31,37 +65,19 @@ def preference_accuracy(
     """Reward accuracy and margin of ``peft_model`` on ``pairs`` (``{"prompt","chosen","rejected"}``).
 
     Returns:
-        ``{"reward_accuracy", "reward_margin", "dpo_loss", "chosen_reward", "rejected_reward",
-        "n"}``, each a mean over pairs.
+        The fields of ``preference_metrics``.
     """
     if not pairs:
         raise ValueError("preference_accuracy got no pairs.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    losses, chosen, rejected = [], [], []
-    was_training = peft_model.training
-    peft_model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(pairs), batch_size):
-                encoded = [
-                    encode_preference(tokenizer, row, max_seq_len)
-                    for row in pairs[start : start + batch_size]
-                ]
-                batch = collate_preference(encoded, pad_id)
-                loss, r_w, r_l = dpo_loss(*pair_logps(peft_model, batch), beta)
-                losses.append(loss)
-                chosen.append(r_w)
-                rejected.append(r_l)
-    finally:
-        peft_model.train(was_training)
-    r_w, r_l = torch.cat(chosen), torch.cat(rejected)  # (n,)
-    return {
-        "reward_accuracy": float((r_w > r_l).float().mean()),
-        "reward_margin": float((r_w - r_l).mean()),
-        "dpo_loss": float(torch.cat(losses).mean()),
-        "chosen_reward": float(r_w.mean()),
-        "rejected_reward": float(r_l.mean()),
-        "n": len(pairs),
-    }
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(pairs), batch_size):
+            rows = pairs[start : start + batch_size]
+            yield collate_preference(
+                [encode_preference(tokenizer, r, max_seq_len) for r in rows], pad_id
+            )
+
+    return preference_metrics(peft_model, batches(), beta=beta)
