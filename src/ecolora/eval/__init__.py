@@ -1,6 +1,7 @@
 """Evaluation: held-out loss, multiple-choice scoring, preference accuracy and named suites."""
 
 from ecolora.eval.harness import evaluate_with_lm_eval
+from ecolora.eval.heldout import run_heldout
 from ecolora.eval.loss import held_out_loss, perplexity
 from ecolora.eval.multiple_choice import choice_logprobs, score_multiple_choice
 from ecolora.eval.preference import preference_accuracy, preference_metrics
@@ -27,6 +28,7 @@ __all__ = [
     "preference_accuracy",
     "preference_metrics",
     "register_suite",
+    "run_heldout",
     "run_suite",
     "score_multiple_choice",
 ]
