@@ -13,11 +13,15 @@ link, the server instead hangs off a router through one point-to-point link of
 no delay; an unset direction runs at 100 Gbps.
 
 Traffic: at t = 0 the server starts a ``BulkSend`` (TCP Cubic, MSS 1448, initial window 10,
-timestamps, delayed ACKs every 2 segments, 16 MiB socket buffers so the window can reach the
-bandwidth-delay product) to a ``PacketSink`` on every client. When client ``i`` has received its
-last byte it waits ``compute_s[i]`` of simulated time and starts its upload ``BulkSend`` to the
-server. Device queues are ns-3's default 100-packet DropTail with no queue disc, i.e. a
-drop-tail bottleneck buffer.
+timestamps, delayed ACKs every 2 segments) to a ``PacketSink`` on every client. When client ``i``
+has received its last byte it waits ``compute_s[i]`` of simulated time and starts its upload
+``BulkSend`` to the server. Socket buffers are 4 bandwidth-delay products of the round's fastest
+link (:func:`socket_buffer_bytes`), so the window can fill the pipe but not grow without bound.
+
+Queues: drop-tail device queues of ``queue_packets`` packets, no queue disc. The default
+(:data:`DEFAULT_QUEUE_PACKETS`, larger than any window) never drops, which is the analytic model's
+assumption; ``queue_packets=100`` (ns-3's default) shows what slow-start overshoot losses cost
+(``docs/network.md``: up to +47% at 10 MB on 25 Mbps).
 """
 
 from __future__ import annotations
@@ -32,13 +36,35 @@ import numpy as np
 
 from ecolora.network.link import LinkProfile
 
-__all__ = ["NS3_EXTRA_HINT", "ns3_available", "ns3_round_times", "ns3_transfer_time_s"]
+__all__ = [
+    "CROSS_CHECK_SIZES",
+    "DEFAULT_QUEUE_PACKETS",
+    "NS3_EXTRA_HINT",
+    "format_cross_check",
+    "ns3_available",
+    "ns3_cross_check",
+    "ns3_round_times",
+    "ns3_transfer_time_s",
+    "socket_buffer_bytes",
+]
 
 logger = logging.getLogger("ecolora")
 
 NS3_EXTRA_HINT = "install the ns-3 extra: pip install 'ecolora[ns3]' (PyPI ns3==3.44.post0)"
 _UNLIMITED_MBPS = 100_000.0
-_BUFFER_BYTES = 16 * 1024 * 1024
+DEFAULT_QUEUE_PACKETS = 1_000_000  # deep enough that no packet is ever dropped (see docstring)
+_MIN_BUFFER_BYTES = 64 * 1024
+_BUFFER_BDPS = 4
+
+
+def socket_buffer_bytes(links: Sequence[LinkProfile]) -> int:
+    """TCP send/receive buffer for a round: 4 bandwidth-delay products of its fastest link.
+
+    Large enough that the window never limits throughput, small enough to bound what waits in
+    the queues (and the simulation's cost); Linux receive-buffer autotuning behaves similarly.
+    """
+    bdp = max(max(p.uplink_mbps, p.downlink_mbps) * 1e6 / 8 * 2e-3 * p.latency_ms for p in links)
+    return int(max(_MIN_BUFFER_BYTES, math.ceil(_BUFFER_BDPS * bdp)))
 
 _CPP = r"""
 #include "ns3/core-module.h"
@@ -248,7 +274,7 @@ def ns3_round_times(
     server_uplink_mbps: float | None = None,
     server_downlink_mbps: float | None = None,
     seed: int = 1,
-    queue_packets: int = 100,
+    queue_packets: int = DEFAULT_QUEUE_PACKETS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate one round in ns-3; returns ``(download_s, upload_s)`` per client.
 
@@ -273,7 +299,7 @@ def ns3_round_times(
         as_vec(list(compute_s)),
         float(server_uplink_mbps or (_UNLIMITED_MBPS if server_downlink_mbps else 0.0)),
         float(server_downlink_mbps or (_UNLIMITED_MBPS if server_uplink_mbps else 0.0)),
-        _BUFFER_BYTES, int(queue_packets), seed,
+        socket_buffer_bytes(links), int(queue_packets), seed,
     )
     times = np.array(list(out), dtype=float).reshape(len(links), 2, 2)  # (client, dir, start/end)
     if (times < 0).any():
@@ -286,7 +312,7 @@ def ns3_round_times(
 def ns3_transfer_time_s(
     num_bytes: int, rate_mbps: float, latency_ms: float, *, reverse_rate_mbps: float | None = None,
     loss: float = 0.0,
-    queue_packets: int = 100,
+    queue_packets: int = DEFAULT_QUEUE_PACKETS,
 ) -> float:
     """Time of one TCP bulk transfer in ns-3 (connect to last byte received).
 
@@ -303,3 +329,63 @@ def ns3_transfer_time_s(
         [(int(num_bytes), 0)], [link], [0.0], queue_packets=queue_packets
     )
     return float(download_s[0])
+
+
+CROSS_CHECK_SIZES = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
+
+
+def ns3_cross_check(
+    sizes: Sequence[int] = CROSS_CHECK_SIZES,
+    scenarios: Sequence[str] | None = None,
+    *,
+    queue_packets: int = DEFAULT_QUEUE_PACKETS,
+) -> list[dict[str, Any]]:
+    """Time single transfers with ns-3 and the analytic model, for both directions of each scenario.
+
+    Rows: ``scenario``, ``direction`` (``up``: client -> server at the uplink rate, ACKs on the
+    downlink; ``down``: the reverse), ``rate_mbps``, ``num_bytes``, ``ns3_s``, ``analytic_s``,
+    ``rel_err`` (analytic / ns-3 - 1) and ``wall_s`` (seconds the ns-3 run took).
+    """
+    import time
+
+    from ecolora.network.link import SCENARIOS, parse_scenario
+    from ecolora.network.tcp import tcp_transfer_time_s
+
+    rows = []
+    for key in scenarios if scenarios is not None else list(SCENARIOS):
+        p = parse_scenario(key)
+        for direction, rate, reverse in (
+            ("up", p.uplink_mbps, p.downlink_mbps), ("down", p.downlink_mbps, p.uplink_mbps)
+        ):
+            for num_bytes in sizes:
+                start = time.perf_counter()
+                sim = ns3_transfer_time_s(
+                    num_bytes, rate, p.latency_ms, reverse_rate_mbps=reverse,
+                    queue_packets=queue_packets,
+                )
+                wall = time.perf_counter() - start
+                model = tcp_transfer_time_s(num_bytes, rate, p.latency_ms, reverse_rate_mbps=reverse)
+                rows.append({
+                    "scenario": key, "direction": direction, "rate_mbps": rate,
+                    "num_bytes": int(num_bytes), "ns3_s": sim, "analytic_s": model,
+                    "rel_err": model / sim - 1.0, "wall_s": wall,
+                })
+                logger.info("%s %s %d B: ns-3 %.4f s, analytic %.4f s (%.1f s wall)",
+                            key, direction, num_bytes, sim, model, wall)
+    return rows
+
+
+def format_cross_check(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`ns3_cross_check` rows."""
+    lines = [
+        "| scenario | direction | rate (Mbps) | bytes | ns-3 (s) | analytic (s) | analytic/ns-3 - 1 "
+        "| ns-3 wall (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['direction']} | {r['rate_mbps']:g} | {r['num_bytes']:,} "
+            f"| {r['ns3_s']:.4f} | {r['analytic_s']:.4f} | {100 * r['rel_err']:+.2f}% "
+            f"| {r['wall_s']:.1f} |"
+        )
+    return "\n".join(lines)
