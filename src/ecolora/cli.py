@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help=(
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False, help=(
     "ecolora: communication-efficient federated fine-tuning of LLMs with LoRA.\n\n"
     "With no command, `ecolora run` runs the quickstart preset."
 ))

@@ -31,7 +31,15 @@ from ecolora.strategies.base import Message
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["ProgressHook", "run_experiment"]
+__all__ = [
+    "ProgressHook",
+    "evaluate_global",
+    "finish_round",
+    "finish_run",
+    "run_experiment",
+    "sample_clients",
+    "start_run_dir",
+]
 
 ProgressHook = Callable[[str, int, int], None]  # (event, done, total): "round" / "client"
 
@@ -40,22 +48,19 @@ def run_experiment(config: RunConfig, out_dir: Path, progress: ProgressHook | No
     """Run one federated fine-tuning experiment and write its run directory; return the summary."""
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    metrics_path = start_run_dir(config, out_dir)
     setup = build_setup(config)
     ledger = ByteLedger()
     transport = InProcessTransport(setup.strategy, ledger)
     rng = np.random.default_rng(config.seed)
     fed = config.fed
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.write_text("", encoding="utf-8")
     history: list[dict[str, Any]] = []
-    initial_eval = _evaluate(setup, config)
+    initial_eval = evaluate_global(setup)
     logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
 
     for server_round in range(1, fed.rounds + 1):
         # ---- sample and configure ------------------------------------------------------------
-        sampled = [int(c) for c in rng.choice(fed.num_clients, size=fed.clients_per_round, replace=False)]
+        sampled = sample_clients(rng, fed.num_clients, fed.clients_per_round)
         messages = setup.strategy.configure_round(server_round, sampled)
         replies: dict[int, Message] = {}
         per_client: list[dict[str, Any]] = []
@@ -71,19 +76,74 @@ def run_experiment(config: RunConfig, out_dir: Path, progress: ProgressHook | No
                 progress("client", done + 1, len(sampled))
         # ---- aggregate and evaluate -----------------------------------------------------------
         strategy_metrics = setup.strategy.aggregate_round(server_round, replies)
-        due = fed.eval_every > 0 and server_round % fed.eval_every == 0
-        eval_loss = _evaluate(setup, config) if due or server_round == fed.rounds else None
-        record = _round_record(server_round, sampled, replies, per_client, ledger, eval_loss, strategy_metrics)
-        record = _with_network_time(record, config)
+        record = finish_round(config, setup, ledger, server_round, sampled, replies, per_client, strategy_metrics)
         history.append(record)
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        _log_round(record, fed.rounds)
         if progress:
             progress("round", server_round, fed.rounds)
 
+    return finish_run(config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start)
+
+
+# ---- pieces shared with the Flower ServerApp (ecolora.flower), which writes the same contract ------
+def sample_clients(rng: np.random.Generator, num_clients: int, clients_per_round: int) -> list[int]:
+    """One round's participants, drawn without replacement; their order is their position j."""
+    return [int(c) for c in rng.choice(num_clients, size=clients_per_round, replace=False)]
+
+
+def start_run_dir(config: RunConfig, out_dir: Path) -> Path:
+    """Create ``out_dir``, write config.yaml and an empty metrics.jsonl; return the latter's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path.write_text("", encoding="utf-8")
+    return metrics_path
+
+
+def evaluate_global(setup: RunSetup) -> float:
+    """Held-out loss of the strategy's current global model."""
+    setup.strategy.prepare_eval(setup.eval_client)
+    with torch.no_grad():
+        return setup.eval_fn()
+
+
+def finish_round(
+    config: RunConfig,
+    setup: RunSetup,
+    ledger: ByteLedger,
+    server_round: int,
+    sampled: list[int],
+    replies: dict[int, Message],
+    per_client: list[dict[str, Any]],
+    strategy_metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate when due, build the round's metrics.jsonl record (bytes from ``ledger``) and log it."""
+    fed = config.fed
+    due = fed.eval_every > 0 and server_round % fed.eval_every == 0
+    eval_loss = evaluate_global(setup) if due or server_round == fed.rounds else None
+    record = _round_record(server_round, sampled, replies, per_client, ledger, eval_loss, strategy_metrics)
+    suites_due = config.eval.suites and (
+        server_round == fed.rounds or (config.eval.every > 0 and server_round % config.eval.every == 0))
+    if suites_due:
+        record["eval_suites"] = _run_suites(setup, config)
+    record = _with_network_time(record, config)
+    _log_round(record, fed.rounds)
+    return record
+
+
+def finish_run(
+    config: RunConfig,
+    setup: RunSetup,
+    out_dir: Path,
+    history: list[dict[str, Any]],
+    ledger: ByteLedger,
+    initial_eval: float,
+    wall_s: float,
+) -> dict[str, Any]:
+    """Save the global adapter, summary.json and plots; return the summary."""
     setup.save_adapter(out_dir / "adapter")
-    summary = _summary(config, setup, history, ledger, initial_eval, time.perf_counter() - wall_start)
+    summary = _summary(config, setup, history, ledger, initial_eval, wall_s)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     try:
         from ecolora.report.plots import plot_run
@@ -92,12 +152,6 @@ def run_experiment(config: RunConfig, out_dir: Path, progress: ProgressHook | No
     except Exception as exc:  # plots must never lose a finished run
         logger.warning("Could not draw plots for %s: %s", out_dir, exc)
     return summary
-
-
-def _evaluate(setup: RunSetup, config: RunConfig) -> float:
-    setup.strategy.prepare_eval(setup.eval_client)
-    with torch.no_grad():
-        return setup.eval_fn()
 
 
 def _round_record(
@@ -125,6 +179,21 @@ def _round_record(
         "per_client": per_client,
         **{k: v for k, v in strategy_metrics.items()},
     }
+
+
+def _run_suites(setup: RunSetup, config: RunConfig) -> dict[str, Any]:
+    """Score the global adapter on each configured suite (multiple choice, preference, ...)."""
+    from ecolora.eval import run_suite
+
+    setup.strategy.prepare_eval(setup.eval_client)
+    scores = {}
+    with torch.no_grad():
+        for name in config.eval.suites:
+            result = run_suite(name, setup.shared.model, setup.tokenizer, limit=config.eval.limit,
+                               batch_size=config.eval.batch_size, beta=config.train.dpo_beta)
+            scores[name] = {k: v for k, v in result.items() if k != "subsets"}
+            logger.info("suite %s: %s", name, {k: v for k, v in scores[name].items() if isinstance(v, float)})
+    return scores
 
 
 def _with_network_time(record: dict[str, Any], config: RunConfig) -> dict[str, Any]:
@@ -184,5 +253,6 @@ def _summary(
         "num_eval_examples": setup.num_eval_examples,
         "compute_s": float(sum(r["compute_s"] for r in history)),
         "network": _network_totals(history),
+        "eval_suites": next((r["eval_suites"] for r in reversed(history) if "eval_suites" in r), {}),
         "wall_s": wall_s,
     }

@@ -56,11 +56,14 @@ class RunSetup:
     num_train_examples: int
     num_eval_examples: int
     partition_stats: dict[str, Any]
+    tokenizer: Any = None
 
     def save_adapter(self, out_dir: Path) -> None:
-        self.strategy.save_global_adapter(self.shared.model, out_dir) if hasattr(
-            self.strategy, "save_global_adapter"
-        ) else save_adapter(self.shared.model, self.strategy.global_lora(), out_dir)
+        custom = getattr(self.strategy, "save_global_adapter", None)
+        if custom is not None:
+            custom(self.shared.model, out_dir)
+        else:
+            save_adapter(self.shared.model, self.strategy.global_lora(), out_dir)
 
 
 def build_task(config: RunConfig, tokenizer: Any) -> TaskData:
@@ -139,7 +142,7 @@ def build_setup(config: RunConfig) -> RunSetup:
         strategy=strategy, clients=clients, eval_client=eval_client, eval_fn=eval_fn, shared=shared,
         lora_numel=sum(v.numel() for v in initial_lora.values()),
         num_train_examples=len(task.train_examples), num_eval_examples=len(task.eval_examples),
-        partition_stats=stats,
+        partition_stats=stats, tokenizer=tokenizer,
     )
 
 

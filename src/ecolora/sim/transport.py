@@ -8,6 +8,7 @@ size is its codec payload plus its JSON config (round, segment id, densities, me
 from __future__ import annotations
 
 import json
+import math
 
 from ecolora import codec
 from ecolora.network.ledger import ByteLedger, Direction
@@ -18,7 +19,7 @@ __all__ = ["InProcessTransport", "count_params"]
 
 def count_params(payload: bytes) -> int:
     """Values actually sent: all elements of densely coded tensors, non-zeros of sparse ones."""
-    return sum(int(t["numel"]) if t["encoding"] == "dense" else int(t["nnz"]) for t in codec.describe(payload))
+    return sum(math.prod(t["shape"]) if t["encoding"] == "dense" else int(t["nnz"]) for t in codec.describe(payload))
 
 
 class InProcessTransport:

@@ -62,8 +62,8 @@ class FedIT(Strategy):
 
     # ---- client ------------------------------------------------------------------------------
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:
-        self.before_training(runtime)
         runtime.set_lora(self._complete(message.tensors))
+        self.before_training(runtime)  # after set_lora, which makes every LoRA tensor trainable
         result = runtime.train(message.config["round"], message.config)
         local = runtime.get_lora()
         return Message(

@@ -42,7 +42,7 @@ def test_flora_sends_missed_stacks_and_download_grows():
     # client ranks cycle over ids: client 0 -> 4, client 1 -> 2; stacked rank 6 per round
     assert strategy.stacks[1]["m.lora_A.weight"].shape == (6, 6)
     total = strategy.global_lora()
-    assert total["m.lora_A.weight"].shape == (18, 6)  # three rounds of rank 6
+    assert total["m.lora_A.weight"].shape == (20, 6)  # ranks 4+2, 4+2, then 4+4 (client 2 has rank 4)
 
 
 def test_stack_rank_mismatch_is_an_error():
