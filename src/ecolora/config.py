@@ -17,7 +17,12 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "METHODS",
     "ConfigError",
+    "FaultConfig",
+    "FedBuffConfig",
+    "FlascConfig",
+    "HierConfig",
     "DataConfig",
     "EcoLoRAConfig",
     "EvalConfig",
@@ -31,6 +36,9 @@ __all__ = [
     "apply_overrides",
     "load_config",
 ]
+
+
+METHODS = ("fedit", "ffa", "flora", "flasc", "hierfedlora", "fedbuff")
 
 
 class ConfigError(ValueError):
@@ -170,6 +178,64 @@ class FloraConfig:
 
 
 @dataclass
+class FlascConfig:
+    """FLASC / CELLM sparse LoRA communication (Kuo et al. 2024): dense local training, top-k messages."""
+
+    download_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent server->client."})
+    upload_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent client->server."})
+    error_feedback: bool = field(default=False, metadata={"help": "Keep residuals of what top-k dropped."})
+
+    def __post_init__(self) -> None:
+        _in_range("flasc.download_density", self.download_density, 0.0, 1.0)
+        _in_range("flasc.upload_density", self.upload_density, 0.0, 1.0)
+
+
+@dataclass
+class HierConfig:
+    """HierFedLoRA (Liu et al. 2025): near-IID client groups, per-group frequency and depth."""
+
+    num_groups: int = field(default=2, metadata={"help": "Client groups formed to be near-IID."})
+    intra_rounds: int | None = field(default=None, metadata={"help": "tau_g for all groups (null: set by the controller)."})
+    depth: int | None = field(default=None, metadata={"help": "Top layers d_g trained by every group (null: controller)."})
+    max_intra_rounds: int = field(default=3, metadata={"help": "Upper bound on tau_g for the controller."})
+    intra_uplink_mbps: float | None = field(default=None, metadata={"help": "Intra-group link speed (null: same as clients)."})
+
+    def __post_init__(self) -> None:
+        _check(self.num_groups >= 1, f"`hier.num_groups` must be >= 1, got {self.num_groups}.")
+        _check(self.max_intra_rounds >= 1, f"`hier.max_intra_rounds` must be >= 1, got {self.max_intra_rounds}.")
+
+
+@dataclass
+class FedBuffConfig:
+    """FedBuff (Nguyen et al., AISTATS 2022): asynchronous buffered aggregation."""
+
+    buffer_size: int = field(default=3, metadata={"help": "M: aggregate as soon as M updates arrived."})
+    concurrency: int = field(default=5, metadata={"help": "Clients training at the same time."})
+    staleness_exponent: float = field(default=0.5, metadata={"help": "Stale updates weighted by (1 + s)^-a."})
+    speed_sigma: float = field(default=0.5, metadata={"help": "Log-normal spread of client speeds."})
+    server_lr: float = field(default=1.0, metadata={"help": "Server step on the buffered mean update."})
+
+    def __post_init__(self) -> None:
+        _check(self.buffer_size >= 1, f"`fedbuff.buffer_size` must be >= 1, got {self.buffer_size}.")
+        _check(self.concurrency >= 1, f"`fedbuff.concurrency` must be >= 1, got {self.concurrency}.")
+
+
+@dataclass
+class FaultConfig:
+    """Simulated client faults (reliability tests and robustness studies)."""
+
+    dropout: float = field(default=0.0, metadata={"help": "Probability a sampled client never replies."})
+    straggler: float = field(default=0.0, metadata={"help": "Probability a client misses the round deadline."})
+    upload_failure: float = field(default=0.0, metadata={"help": "Probability an upload breaks mid-transfer."})
+    clip_norm: float | None = field(default=None, metadata={"help": "Clip each client update to this L2 norm."})
+
+    def __post_init__(self) -> None:
+        for name in ("dropout", "straggler", "upload_failure"):
+            _in_range(f"faults.{name}", getattr(self, name), 0.0, 1.0)
+        _check(self.clip_norm is None or self.clip_norm > 0, f"`faults.clip_norm` must be > 0 or null, got {self.clip_norm}.")
+
+
+@dataclass
 class NetworkConfig:
     scenarios: list[str] = field(default_factory=lambda: ["0.2/1", "1/5", "2/10", "5/25"], metadata={"help": "Link scenarios (uplink/downlink Mbps) to time each round under."})
     backend: str = field(default="analytic", metadata={"help": "analytic (TCP model) or ns3."})
@@ -199,12 +265,16 @@ class RunConfig:
     fed: FedConfig = field(default_factory=FedConfig)
     ecolora: EcoLoRAConfig = field(default_factory=EcoLoRAConfig)
     flora: FloraConfig = field(default_factory=FloraConfig)
+    flasc: FlascConfig = field(default_factory=FlascConfig)
+    hier: HierConfig = field(default_factory=HierConfig)
+    fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         base, _, wrapper = self.method.partition("+")
-        _check(base in ("fedit", "ffa", "flora"), f"`method` must be fedit, ffa or flora, optionally with +ecolora, got {self.method!r}.")
+        _check(base in METHODS, f"`method` must be one of {', '.join(METHODS)}, optionally with +ecolora, got {self.method!r}.")
         _check(wrapper in ("", "ecolora"), f"`method` wrapper must be +ecolora, got {self.method!r}.")
         if wrapper == "ecolora" and self.ecolora.segments and base != "flora":
             _check(

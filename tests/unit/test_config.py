@@ -45,7 +45,7 @@ def test_segment_check_ignored_without_ecolora_or_segments():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=fedavg", r"`method` must be fedit, ffa or flora"),
+        ("method=fedavg", r"`method` must be one of fedit, ffa, flora, flasc, hierfedlora, fedbuff"),
         ("method=fedit+foo", r"`method` wrapper must be \+ecolora"),
         ("fed.clients_per_round=50", r"`fed.clients_per_round` must be in \[1, num_clients=20\], got 50."),
         ("lora.r=0", r"`lora.r` must be >= 1, got 0."),
