@@ -50,8 +50,13 @@ def load_model_with_adapter(adapter: Path | None, model: str | None = None) -> t
 
 
 def evaluate_adapter(
-    *, adapter: Path | None, suite: str, model: str | None = None, limit: int | None = None,
-    path: str | None = None, batch_size: int = 8,
+    *,
+    adapter: Path | None,
+    suite: str,
+    model: str | None = None,
+    limit: int | None = None,
+    path: str | None = None,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Run one suite; returns the suite's scores plus what was evaluated."""
     from ecolora.eval.suites import get_suite, run_suite
@@ -60,7 +65,11 @@ def evaluate_adapter(
     start = time.perf_counter()
     peft_model, tokenizer, name = load_model_with_adapter(adapter, model)
     with torch.no_grad():
-        result = run_suite(suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path)
-    result.update(model=name, adapter=str(adapter) if adapter else None, eval_s=time.perf_counter() - start)
+        result = run_suite(
+            suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path
+        )
+    result.update(
+        model=name, adapter=str(adapter) if adapter else None, eval_s=time.perf_counter() - start
+    )
     logger.info("%s", json.dumps({k: v for k, v in result.items() if k != "subsets"}))
     return result

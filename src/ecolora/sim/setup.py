@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecolora.client.lora import LoraSettings, add_lora_adapter, attach_lora, get_lora_state, save_adapter
+from ecolora.client.lora import (
+    LoraSettings,
+    add_lora_adapter,
+    attach_lora,
+    get_lora_state,
+    save_adapter,
+)
 from ecolora.client.model import load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
@@ -107,7 +113,9 @@ def build_setup(config: RunConfig) -> RunSetup:
     dtype = torch.float32 if config.model.dtype == "float32" else torch.bfloat16
     base, tokenizer = load_base_model(config.model.name, dtype=dtype)
     settings = LoraSettings(
-        r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+        r=config.lora.r,
+        alpha=config.lora.alpha,
+        dropout=config.lora.dropout,
         target_modules=tuple(config.lora.target_modules),
     )
     model = attach_lora(base, settings, seed=config.seed)
@@ -118,44 +126,81 @@ def build_setup(config: RunConfig) -> RunSetup:
     from ecolora.data import make_partitioner, partition_stats
 
     partitioner = make_partitioner(
-        config.data.partition, task.train_rows, config.fed.num_clients, seed=config.seed,
-        alpha=config.data.alpha, num_clusters=config.data.num_clusters,
+        config.data.partition,
+        task.train_rows,
+        config.fed.num_clients,
+        seed=config.seed,
+        alpha=config.data.alpha,
+        num_clusters=config.data.num_clusters,
     )
     stats = partition_stats(task.train_rows, partitioner)
     trainer = LocalTrainer(
-        model=model, examples=task.train_examples, collate=task.collate, loss_fn=task.loss_fn,
-        lr=config.train.lr, batch_size=config.train.batch_size, local_steps=config.train.local_steps,
-        grad_accum=config.train.grad_accum, weight_decay=config.train.weight_decay,
-        max_grad_norm=config.train.max_grad_norm, seed=config.seed,
+        model=model,
+        examples=task.train_examples,
+        collate=task.collate,
+        loss_fn=task.loss_fn,
+        lr=config.train.lr,
+        batch_size=config.train.batch_size,
+        local_steps=config.train.local_steps,
+        grad_accum=config.train.grad_accum,
+        weight_decay=config.train.weight_decay,
+        max_grad_norm=config.train.max_grad_norm,
+        seed=config.seed,
     )
     shared = SharedModel(model=model, trainer=trainer, adapter_for_rank=adapter_for_rank)
-    clients = [SimClient(cid, list(partitioner.load_partition(cid)), shared) for cid in range(config.fed.num_clients)]
+    clients = [
+        SimClient(cid, list(partitioner.load_partition(cid)), shared)
+        for cid in range(config.fed.num_clients)
+    ]
     strategy = build_strategy(config, initial_lora)
     eval_client = SimClient(-1, [], shared)
     eval_fn = _make_eval_fn(config, model, task)
     logger.info(
         "Run set up: %s on %s, %d train / %d eval examples, %d clients, LoRA %d values",
-        config.model.name, config.data.source, len(task.train_examples), len(task.eval_examples),
-        config.fed.num_clients, sum(v.numel() for v in initial_lora.values()),
+        config.model.name,
+        config.data.source,
+        len(task.train_examples),
+        len(task.eval_examples),
+        config.fed.num_clients,
+        sum(v.numel() for v in initial_lora.values()),
     )
     return RunSetup(
-        strategy=strategy, clients=clients, eval_client=eval_client, eval_fn=eval_fn, shared=shared,
+        strategy=strategy,
+        clients=clients,
+        eval_client=eval_client,
+        eval_fn=eval_fn,
+        shared=shared,
         lora_numel=sum(v.numel() for v in initial_lora.values()),
-        num_train_examples=len(task.train_examples), num_eval_examples=len(task.eval_examples),
-        partition_stats=stats, tokenizer=tokenizer,
+        num_train_examples=len(task.train_examples),
+        num_eval_examples=len(task.eval_examples),
+        partition_stats=stats,
+        tokenizer=tokenizer,
     )
 
 
-def _flora_adapters(config: RunConfig, model: Any, settings: LoraSettings) -> Callable[[int], str] | None:
+def _flora_adapters(
+    config: RunConfig, model: Any, settings: LoraSettings
+) -> Callable[[int], str] | None:
     """FLoRA with heterogeneous ranks: one extra adapter per distinct rank on the same base."""
     if not config.method.startswith("flora"):
         return None
     ranks = sorted(set(config.flora.ranks or [config.lora.r]))
     for rank in ranks:
-        add_lora_adapter(model, f"r{rank}", LoraSettings(
-            r=rank, alpha=settings.alpha, dropout=settings.dropout, target_modules=settings.target_modules,
-        ), seed=config.seed)
+        add_lora_adapter(
+            model,
+            f"r{rank}",
+            LoraSettings(
+                r=rank,
+                alpha=settings.alpha,
+                dropout=settings.dropout,
+                target_modules=settings.target_modules,
+            ),
+            seed=config.seed,
+        )
     return lambda rank: f"r{rank}"
+
+
+eval_extra: dict[str, float] = {}  # extra held-out metrics of the last evaluation (DPO rewards)
 
 
 def _make_eval_fn(config: RunConfig, model: Any, task: TaskData) -> Callable[[], float]:
@@ -169,6 +214,7 @@ def _make_eval_fn(config: RunConfig, model: Any, task: TaskData) -> Callable[[],
             yield task.collate(examples[i : i + batch_size])
 
     if config.train.objective == "dpo":
+
         def dpo_eval() -> float:
             losses, weights = [], []
             for batch in batches():
