@@ -111,20 +111,30 @@ def time_rounds(
         profiles = assign_profiles(client_ids, spec, seed)
         out[key] = [
             round_timing(
-                rows, profiles, backend=backend, compute_scale=compute_scale,
-                server_uplink_mbps=server_uplink_mbps, server_downlink_mbps=server_downlink_mbps,
+                rows,
+                profiles,
+                backend=backend,
+                compute_scale=compute_scale,
+                server_uplink_mbps=server_uplink_mbps,
+                server_downlink_mbps=server_downlink_mbps,
             )
             for rows in records
         ]
-        logger.info(
-            "network %s (%s): %d rounds, comm %.1f s, total %.1f s", key, backend, len(out[key]),
-            sum(t.comm_s for t in out[key]), sum(t.round_s for t in out[key]),
+        logger.debug(
+            "network %s (%s): %d rounds, comm %.1f s, total %.1f s",
+            key,
+            backend,
+            len(out[key]),
+            sum(t.comm_s for t in out[key]),
+            sum(t.round_s for t in out[key]),
         )
     return out
 
 
 def _totals(timings: Sequence[RoundTiming]) -> dict[str, float | int]:
-    totals: dict[str, float | int] = {k: float(sum(getattr(t, k) for t in timings)) for k in TOTAL_KEYS}
+    totals: dict[str, float | int] = {
+        k: float(sum(getattr(t, k) for t in timings)) for k in TOTAL_KEYS
+    }
     totals["rounds"] = len(timings)
     return totals
 
