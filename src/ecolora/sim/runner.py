@@ -44,7 +44,9 @@ __all__ = [
 ProgressHook = Callable[[str, int, int], None]  # (event, done, total): "round" / "client"
 
 
-def run_experiment(config: RunConfig, out_dir: Path, progress: ProgressHook | None = None) -> dict[str, Any]:
+def run_experiment(
+    config: RunConfig, out_dir: Path, progress: ProgressHook | None = None
+) -> dict[str, Any]:
     """Run one federated fine-tuning experiment and write its run directory; return the summary."""
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -70,20 +72,29 @@ def run_experiment(config: RunConfig, out_dir: Path, progress: ProgressHook | No
             received = transport.send(server_round, cid, "down", messages[cid])
             reply = setup.strategy.client_round(client, received)
             replies[cid] = transport.send(server_round, cid, "up", reply)
-            per_client.append({"client": cid, "compute_s": reply.metrics.get("compute_s", 0.0),
-                               "train_loss": reply.metrics.get("train_loss")})
+            per_client.append(
+                {
+                    "client": cid,
+                    "compute_s": reply.metrics.get("compute_s", 0.0),
+                    "train_loss": reply.metrics.get("train_loss"),
+                }
+            )
             if progress:
                 progress("client", done + 1, len(sampled))
         # ---- aggregate and evaluate -----------------------------------------------------------
         strategy_metrics = setup.strategy.aggregate_round(server_round, replies)
-        record = finish_round(config, setup, ledger, server_round, sampled, replies, per_client, strategy_metrics)
+        record = finish_round(
+            config, setup, ledger, server_round, sampled, replies, per_client, strategy_metrics
+        )
         history.append(record)
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if progress:
             progress("round", server_round, fed.rounds)
 
-    return finish_run(config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start)
+    return finish_run(
+        config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start
+    )
 
 
 # ---- pieces shared with the Flower ServerApp (ecolora.flower), which writes the same contract ------
@@ -95,7 +106,9 @@ def sample_clients(rng: np.random.Generator, num_clients: int, clients_per_round
 def start_run_dir(config: RunConfig, out_dir: Path) -> Path:
     """Create ``out_dir``, write config.yaml and an empty metrics.jsonl; return the latter's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
+    )
     metrics_path = out_dir / "metrics.jsonl"
     metrics_path.write_text("", encoding="utf-8")
     return metrics_path
@@ -122,9 +135,17 @@ def finish_round(
     fed = config.fed
     due = fed.eval_every > 0 and server_round % fed.eval_every == 0
     eval_loss = evaluate_global(setup) if due or server_round == fed.rounds else None
-    record = _round_record(server_round, sampled, replies, per_client, ledger, eval_loss, strategy_metrics)
+    record = _round_record(
+        server_round, sampled, replies, per_client, ledger, eval_loss, strategy_metrics
+    )
+    if eval_loss is not None:
+        from ecolora.sim.setup import eval_extra
+
+        record.update(eval_extra)
     suites_due = config.eval.suites and (
-        server_round == fed.rounds or (config.eval.every > 0 and server_round % config.eval.every == 0))
+        server_round == fed.rounds
+        or (config.eval.every > 0 and server_round % config.eval.every == 0)
+    )
     if suites_due:
         record["eval_suites"] = _run_suites(setup, config)
     record = _with_network_time(record, config)
@@ -189,10 +210,20 @@ def _run_suites(setup: RunSetup, config: RunConfig) -> dict[str, Any]:
     scores = {}
     with torch.no_grad():
         for name in config.eval.suites:
-            result = run_suite(name, setup.shared.model, setup.tokenizer, limit=config.eval.limit,
-                               batch_size=config.eval.batch_size, beta=config.train.dpo_beta)
+            result = run_suite(
+                name,
+                setup.shared.model,
+                setup.tokenizer,
+                limit=config.eval.limit,
+                batch_size=config.eval.batch_size,
+                beta=config.train.dpo_beta,
+            )
             scores[name] = {k: v for k, v in result.items() if k != "subsets"}
-            logger.info("suite %s: %s", name, {k: v for k, v in scores[name].items() if isinstance(v, float)})
+            logger.info(
+                "suite %s: %s",
+                name,
+                {k: v for k, v in scores[name].items() if isinstance(v, float)},
+            )
     return scores
 
 
@@ -202,8 +233,13 @@ def _with_network_time(record: dict[str, Any], config: RunConfig) -> dict[str, A
         return record
     from ecolora.network import annotate_metrics
 
-    rows, _ = annotate_metrics([record], config.network.scenarios, backend=config.network.backend,
-                               compute_scale=config.network.compute_scale, seed=config.seed)
+    rows, _ = annotate_metrics(
+        [record],
+        config.network.scenarios,
+        backend=config.network.backend,
+        compute_scale=config.network.compute_scale,
+        seed=config.seed,
+    )
     return rows[0]
 
 
@@ -211,7 +247,9 @@ def _network_totals(history: list[dict[str, Any]]) -> dict[str, dict[str, float]
     totals: dict[str, dict[str, float]] = {}
     for record in history:
         for key, timing in record.get("net", {}).items():
-            acc = totals.setdefault(key, {"comm_s": 0.0, "round_s": 0.0, "upload_s": 0.0, "download_s": 0.0})
+            acc = totals.setdefault(
+                key, {"comm_s": 0.0, "round_s": 0.0, "upload_s": 0.0, "download_s": 0.0}
+            )
             for name in acc:
                 acc[name] += float(timing.get(name, 0.0))
     return totals
@@ -221,8 +259,13 @@ def _log_round(record: dict[str, Any], total_rounds: int) -> None:
     ev = record["eval_loss"]
     logger.info(
         "round %d/%d | clients %s | train %.4f | eval %s | up %.3f MB | down %.3f MB",
-        record["round"], total_rounds, record["clients"], record["train_loss"] or math.nan,
-        f"{ev:.4f}" if ev is not None else "-", record["upload_bytes"] / 1e6, record["download_bytes"] / 1e6,
+        record["round"],
+        total_rounds,
+        record["clients"],
+        record["train_loss"] or math.nan,
+        f"{ev:.4f}" if ev is not None else "-",
+        record["upload_bytes"] / 1e6,
+        record["download_bytes"] / 1e6,
     )
 
 
@@ -253,6 +296,8 @@ def _summary(
         "num_eval_examples": setup.num_eval_examples,
         "compute_s": float(sum(r["compute_s"] for r in history)),
         "network": _network_totals(history),
-        "eval_suites": next((r["eval_suites"] for r in reversed(history) if "eval_suites" in r), {}),
+        "eval_suites": next(
+            (r["eval_suites"] for r in reversed(history) if "eval_suites" in r), {}
+        ),
         "wall_s": wall_s,
     }

@@ -1,0 +1,165 @@
+"""The Flower ClientApp: one ecolora client per SuperNode, running ``Strategy.client_round``.
+
+* Partition: ``node_config["partition-id"]`` (``flower-supernode --node-config "partition-id=0
+  num-partitions=2"`` in deployment; the simulation engine sets it from its virtual node ids).
+* Model: built once per process by :func:`ecolora.sim.setup.build_setup` (same seeds as the
+  in-process runner, so the base weights and the initial LoRA are identical everywhere) and
+  cached in :data:`_SETUPS`; a later message in the same process reuses it. Simulation actors are
+  long-lived, so their virtual clients share one model, as in ``ecolora run``; Flower 1.41's
+  deployment SuperNode starts one ``flwr-clientapp`` process per message, so there the cache only
+  saves work within a message (see docs/flower.md for the measured cost).
+* State: the strategy's per-client state (EcoLoRA: last view, last local LoRA, tau, residuals) lives
+  in ``Context.state`` between rounds (:func:`ecolora.flower.records.save_state`). FLoRA clients
+  also keep every stacked module they received, so a fresh process can rebuild the merged base.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from ecolora.config import RunConfig
+from ecolora.flower.records import (
+    PARTITION_QUERY,
+    WireMessage,
+    decode_message,
+    encode_message,
+    from_recorddict,
+    load_state,
+    save_state,
+    to_recorddict,
+)
+from ecolora.flower.settings import FlowerSettings, resolve_settings
+from ecolora.sim.setup import RunSetup, build_setup
+from ecolora.strategies.base import Message as EcoMessage
+
+logger = logging.getLogger("ecolora")
+
+__all__ = ["app", "cached_setup", "partition_of", "run_client_round"]
+
+FLORA_PREFIX = "flora."
+_SETUPS: dict[str, RunSetup] = {}  # this process's setup, keyed by the resolved config (one entry)
+
+app = ClientApp()
+
+
+def cached_setup(config: RunConfig) -> tuple[RunSetup, bool]:
+    """This process's model, data and strategy for ``config``; (setup, True) when reused."""
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key in _SETUPS:
+        return _SETUPS[key], True
+    _SETUPS.clear()
+    _SETUPS[key] = build_setup(config)
+    return _SETUPS[key], False
+
+
+def partition_of(node_config: dict[str, Any]) -> int:
+    """The node's partition id; a clear error when the SuperNode was started without one."""
+    if "partition-id" not in node_config:
+        raise ValueError(
+            "This SuperNode has no partition-id; start it with "
+            '--node-config "partition-id=0 num-partitions=2" (one id per SuperNode).'
+        )
+    return int(node_config["partition-id"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Discovery: report this node's partition (no model is loaded)."""
+    record = ConfigRecord(
+        {
+            "partition-id": partition_of(context.node_config),
+            "num-partitions": int(context.node_config.get("num-partitions", 0)),
+        }
+    )
+    return Message(RecordDict({PARTITION_QUERY: record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local work for this node's partition."""
+    start = time.perf_counter()
+    settings = resolve_settings(context.run_config)
+    setup, reused = cached_setup(settings.config)
+    setup_s = time.perf_counter() - start
+    content = run_client_round(
+        setup,
+        partition_of(context.node_config),
+        msg.content,
+        context.state,
+        settings,
+        timing={"client-setup-s": setup_s, "setup-reused": float(reused)},
+    )
+    content.metric_records["metrics"]["client-total-s"] = time.perf_counter() - start
+    return Message(content, reply_to=msg)
+
+
+def run_client_round(
+    setup: RunSetup,
+    partition_id: int,
+    content: RecordDict,
+    state: RecordDict,
+    settings: FlowerSettings | None = None,
+    timing: dict[str, float] | None = None,
+) -> RecordDict:
+    """Decode the server's message, run ``client_round``, keep the state, encode the reply."""
+    wire, target = from_recorddict(content)
+    if target != partition_id:
+        raise ValueError(
+            f"Message is for partition {target}, but this SuperNode holds partition {partition_id}."
+        )
+    if not 0 <= partition_id < len(setup.clients):
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{len(setup.clients) - 1} (fed.num_clients)."
+        )
+    strategy = setup.strategy
+    message = decode_message(strategy, wire)
+    client = setup.clients[partition_id]
+    client.state = load_state(state)
+    flora = "stacks" in message.config
+    if flora:
+        stored = _replay_flora_stacks(setup, client, state)
+    reply = strategy.client_round(client, message)
+    save_state(state, client.state)
+    if flora:
+        rounds = sorted(set(stored.get("rounds", [])) | {int(r) for r in message.config["stacks"]})
+        save_state(
+            state,
+            {"rounds": rounds, "tensors": {**stored.get("tensors", {}), **message.tensors}},
+            prefix=FLORA_PREFIX,
+        )
+    reply_wire = encode_message(strategy, reply, "up")
+    if settings is not None and settings.corrupt_partition == partition_id:
+        reply_wire = _corrupt(strategy, reply, reply_wire, settings.corrupt_mode)
+    metrics = {"num-examples": float(reply.num_examples), **reply.metrics, **(timing or {})}
+    return to_recorddict(reply_wire, reply.config, partition_id, metrics=metrics)
+
+
+def _replay_flora_stacks(setup: RunSetup, client: Any, state: RecordDict) -> dict[str, Any]:
+    """Merge the FLoRA stacks this node received earlier into this process's base (once per tag)."""
+    from ecolora.strategies.flora import FLoRA
+
+    stored = load_state(state, prefix=FLORA_PREFIX)
+    if stored and isinstance(setup.strategy, FLoRA):
+        FLoRA._merge_missing(client, [int(r) for r in stored["rounds"]], stored["tensors"])
+    return stored
+
+
+def _corrupt(strategy: Any, reply: EcoMessage, wire: WireMessage, mode: str) -> WireMessage:
+    """TESTS ONLY (run config ``test-corrupt-partition``): a damaged reply the server must drop."""
+    logger.warning("test-corrupt-partition: sending a %s-corrupted reply", mode)
+    if mode == "bytes":
+        return WireMessage(payload=wire.payload[: len(wire.payload) // 2], header=wire.header)
+    names = sorted(reply.tensors)
+    broken = EcoMessage(
+        config=reply.config,
+        tensors={k: reply.tensors[k] for k in names[1:]},
+        num_examples=reply.num_examples,
+        metrics=reply.metrics,
+    )
+    return encode_message(strategy, broken, "up")

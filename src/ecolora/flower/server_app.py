@@ -1,0 +1,138 @@
+"""The Flower ServerApp: the same run as ``ecolora run``, with clients on SuperNodes.
+
+``flwr run .`` (simulation or deployment) loads ``ecolora.flower.server_app:app``. It
+
+1. resolves the run config into a :class:`~ecolora.config.RunConfig` (:mod:`ecolora.flower.settings`),
+2. writes config.yaml and builds the server's model, data and strategy with
+   :func:`ecolora.sim.setup.build_setup` (the same seeds as the in-process runner),
+3. waits for ``fed.num_clients`` SuperNodes and asks each for its ``partition-id`` (a QUERY message),
+4. runs ``fed.rounds`` rounds through Flower's ``Strategy.start`` with
+   :class:`~ecolora.flower.strategy.EcoloraFlowerStrategy`, writing metrics.jsonl per round,
+5. saves adapter/, summary.json and plots/ with :func:`ecolora.sim.runner.finish_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from ecolora.flower.records import PARTITION_QUERY
+from ecolora.flower.settings import FlowerSettings, resolve_settings
+from ecolora.flower.strategy import EcoloraFlowerStrategy
+from ecolora.sim.runner import finish_run, start_run_dir
+from ecolora.sim.setup import build_setup
+
+logger = logging.getLogger("ecolora")
+
+__all__ = ["app", "discover_partitions", "route_logs_to_flower", "run_server"]
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point Flower calls; everything else is in :func:`run_server`."""
+    route_logs_to_flower()
+    run_server(grid, resolve_settings(context.run_config))
+
+
+def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
+    """Run a whole experiment over ``grid``; return the summary written to summary.json."""
+    wall_start = time.perf_counter()
+    config = settings.config
+    out_dir = settings.out_dir.expanduser().resolve()
+    metrics_path = start_run_dir(config, out_dir)
+    setup = build_setup(config)
+    node_of = discover_partitions(
+        grid, config.fed.num_clients, settings.node_wait_s, settings.round_timeout_s
+    )
+    strategy = EcoloraFlowerStrategy(config, setup, node_of, metrics_path)
+    strategy.start(
+        grid,
+        ArrayRecord(),
+        num_rounds=config.fed.rounds,
+        timeout=settings.round_timeout_s,
+        evaluate_fn=strategy.evaluate_round,
+    )
+    if strategy.initial_eval is None:  # evaluate_fn(0, ...) runs first inside start()
+        raise RuntimeError("Flower's Strategy.start did not call evaluate_fn for round 0.")
+    summary = finish_run(
+        config,
+        setup,
+        out_dir,
+        strategy.history,
+        strategy.ledger,
+        strategy.initial_eval,
+        time.perf_counter() - wall_start,
+    )
+    logger.info("Flower run finished: %s", out_dir)
+    return summary
+
+
+def discover_partitions(
+    grid: Grid, num_clients: int, wait_s: float, timeout_s: float
+) -> dict[int, int]:
+    """Map partition ids 0..num_clients-1 to node ids, asking every connected SuperNode.
+
+    Raises:
+        RuntimeError: fewer than ``num_clients`` nodes connected within ``wait_s`` seconds, or the
+            nodes' partition ids do not cover 0..num_clients-1 exactly once.
+    """
+    deadline = time.monotonic() + wait_s
+    node_ids = sorted(grid.get_node_ids())
+    while len(node_ids) < num_clients and time.monotonic() < deadline:
+        time.sleep(0.5)
+        node_ids = sorted(grid.get_node_ids())
+    if len(node_ids) < num_clients:
+        raise RuntimeError(
+            f"{len(node_ids)} SuperNodes connected after {wait_s:.0f} s, fed.num_clients needs {num_clients}; "
+            "start more SuperNodes or lower fed.num_clients."
+        )
+    queries = [
+        Message(
+            content=RecordDict({PARTITION_QUERY: ConfigRecord({"ask": "partition-id"})}),
+            dst_node_id=node,
+            message_type=MessageType.QUERY,
+        )
+        for node in node_ids
+    ]
+    partitions: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout_s):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            logger.warning(
+                "SuperNode %d did not report its partition: %s", node, reply.error.reason
+            )
+            continue
+        pid = int(reply.content.config_records[PARTITION_QUERY]["partition-id"])
+        if pid in partitions:
+            raise RuntimeError(
+                f"Partition {pid} is held by nodes {partitions[pid]} and {node}; give each SuperNode "
+                "its own --node-config partition-id."
+            )
+        partitions[pid] = node
+    missing = sorted(set(range(num_clients)) - set(partitions))
+    if missing:
+        raise RuntimeError(
+            f"No SuperNode holds partition(s) {missing}; partitions seen: {sorted(partitions)}."
+        )
+    extra = sorted(set(partitions) - set(range(num_clients)))
+    if extra:
+        logger.warning(
+            "SuperNodes with partition(s) %s >= fed.num_clients=%d stay idle", extra, num_clients
+        )
+    return {pid: partitions[pid] for pid in range(num_clients)}
+
+
+def route_logs_to_flower() -> None:
+    """Show ecolora's INFO logs in Flower's log stream (``flwr run --stream``, ``flwr log``)."""
+    ours, flwr_logger = logging.getLogger("ecolora"), logging.getLogger("flwr")
+    ours.setLevel(logging.INFO)
+    for handler in flwr_logger.handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.propagate = False if ours.handlers else ours.propagate

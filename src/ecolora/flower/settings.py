@@ -1,0 +1,138 @@
+"""Flower run config (``[tool.flwr.app.config]``, ``flwr run --run-config``) -> ecolora settings.
+
+Flower passes a flat ``{key: scalar}`` run config to both apps. Its keys map onto ecolora as:
+
+==========================  =====================================================================
+run-config key              meaning
+==========================  =====================================================================
+``config``                  ecolora YAML preset (``configs/smoke.yaml``); relative paths are looked
+                            up in the working directory, the installed Flower App (FAB) directory
+                            and the ecolora source checkout; ``""``: the built-in defaults
+``overrides``               ecolora ``key=value`` overrides separated by ``;``
+                            (``"method=fedit+ecolora;fed.rounds=2"``), the same keys as ``--set``
+``out-dir``                 run directory written by the ServerApp (config.yaml, metrics.jsonl,
+                            summary.json, adapter/, plots/); relative to the ServerApp's cwd
+``round-timeout``           seconds the ServerApp waits for one round's replies
+``node-wait``               seconds the ServerApp waits for ``fed.num_clients`` SuperNodes
+``test-corrupt-partition``  TESTS ONLY: the partition whose ClientApp damages its reply (-1: none)
+``test-corrupt-mode``       TESTS ONLY: ``bytes`` (garbled payload) or ``shape`` (a tensor missing)
+==========================  =====================================================================
+
+Both apps resolve the same keys, so server and clients always build the same :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ecolora.config import RunConfig, load_config
+
+__all__ = [
+    "CORRUPT_MODES",
+    "FlowerSettings",
+    "find_config_file",
+    "resolve_settings",
+    "split_overrides",
+]
+
+CORRUPT_MODES = ("bytes", "shape")
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    """Everything the ServerApp and ClientApp read from Flower's run config."""
+
+    config: RunConfig
+    out_dir: Path = field(
+        default=Path("runs/flower"), metadata={"help": "Run directory of the ServerApp."}
+    )
+    round_timeout_s: float = field(
+        default=600.0, metadata={"help": "Wait for one round's replies."}
+    )
+    node_wait_s: float = field(
+        default=120.0, metadata={"help": "Wait for fed.num_clients SuperNodes."}
+    )
+    corrupt_partition: int = field(
+        default=-1, metadata={"help": "TESTS ONLY: partition sending bad replies."}
+    )
+    corrupt_mode: str = field(default="bytes", metadata={"help": "TESTS ONLY: bytes or shape."})
+
+    def __post_init__(self) -> None:
+        if self.round_timeout_s <= 0:
+            raise ValueError(f"`round-timeout` must be > 0 seconds, got {self.round_timeout_s}.")
+        if self.node_wait_s <= 0:
+            raise ValueError(f"`node-wait` must be > 0 seconds, got {self.node_wait_s}.")
+        if self.corrupt_mode not in CORRUPT_MODES:
+            raise ValueError(
+                f"`test-corrupt-mode` must be one of {', '.join(CORRUPT_MODES)}, got {self.corrupt_mode!r}."
+            )
+
+
+def find_config_file(name: str, search: list[Path] | None = None) -> Path:
+    """Resolve a preset path: absolute as is; relative against cwd, app dirs and the checkout."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        if not path.is_file():
+            raise ValueError(f"`config` file {path} does not exist.")
+        return path
+    candidates = search if search is not None else _search_dirs()
+    for base in candidates:
+        if (base / path).is_file():
+            return base / path
+    raise ValueError(
+        f"`config` file {name!r} not found in {', '.join(str(c) for c in candidates)}; "
+        "give an absolute path or run from the repository root."
+    )
+
+
+def _search_dirs() -> list[Path]:
+    """cwd, Flower App directories Flower put on sys.path (they hold a pyproject.toml), the checkout."""
+    dirs = [Path.cwd()]
+    for entry in sys.path:
+        p = Path(entry or ".")
+        if (p / "pyproject.toml").is_file() and p not in dirs:
+            dirs.append(p)
+    checkout = Path(__file__).resolve().parents[3]  # src/ecolora/flower/settings.py -> repo root
+    if (checkout / "configs").is_dir() and checkout not in dirs:
+        dirs.append(checkout)
+    return dirs
+
+
+def split_overrides(text: str) -> list[str]:
+    """``"a=1; b.c=2"`` -> ``["a=1", "b.c=2"]`` (empty parts dropped)."""
+    return [part.strip() for part in text.split(";") if part.strip()]
+
+
+def resolve_settings(
+    run_config: Mapping[str, Any], search: list[Path] | None = None
+) -> FlowerSettings:
+    """Build :class:`FlowerSettings` from Flower's flat run config (unknown keys are errors)."""
+    known = {
+        "config",
+        "overrides",
+        "out-dir",
+        "round-timeout",
+        "node-wait",
+        "test-corrupt-partition",
+        "test-corrupt-mode",
+    }
+    unknown = sorted(set(run_config) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown run-config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}."
+        )
+    preset = str(run_config.get("config", "") or "")
+    path = find_config_file(preset, search) if preset else None
+    config = load_config(path, split_overrides(str(run_config.get("overrides", "") or "")))
+    return FlowerSettings(
+        config=config,
+        out_dir=Path(str(run_config.get("out-dir", "runs/flower"))),
+        round_timeout_s=float(run_config.get("round-timeout", 600.0)),
+        node_wait_s=float(run_config.get("node-wait", 120.0)),
+        corrupt_partition=int(run_config.get("test-corrupt-partition", -1)),
+        corrupt_mode=str(run_config.get("test-corrupt-mode", "bytes")),
+    )
