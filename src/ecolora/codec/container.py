@@ -144,12 +144,14 @@ def describe(payload: bytes | bytearray | memoryview, *, max_numel: int = 2**31)
     Keys: name, shape, dtype, wire_dtype, encoding (dense/bitmap/golomb/coo), coded (which
     positions the Golomb streams list: "nonzeros"/"zeros"/None), nnz (values sent), coder_param
     (Golomb M or None), value_coding (raw/exponent), value_param (exponent-rank M or None),
-    num_bytes (body bytes), manifest_num_bytes.
+    num_bytes (body bytes), position_num_bytes (the part of num_bytes naming positions; values
+    take the rest), manifest_num_bytes.
     """
     _, entries, _ = _parse(payload, max_numel)
     rows = []
     for e in entries:
         golomb = e.encoding in (GOLOMB_NONZEROS, GOLOMB_ZEROS)
+        sizes = section_sizes(e)
         rows.append({
             "name": e.name,
             "shape": e.shape,
@@ -161,10 +163,17 @@ def describe(payload: bytes | bytearray | memoryview, *, max_numel: int = 2**31)
             "coder_param": e.params[0] if golomb else None,
             "value_coding": VALUE_CODING_NAMES[e.value_coding],
             "value_param": e.value_params[0] if e.value_coding == EXPONENT else None,
-            "num_bytes": sum(section_sizes(e)),
+            "num_bytes": sum(sizes),
+            "position_num_bytes": sum(sizes[: _num_position_sections(e)]),
             "manifest_num_bytes": e.manifest_num_bytes,
         })  # fmt: skip
     return rows
+
+
+def _num_position_sections(entry: Entry) -> int:
+    if entry.encoding == DENSE:
+        return 0
+    return 2 if entry.encoding in (GOLOMB_NONZEROS, GOLOMB_ZEROS) else 1
 
 
 # --- packing -----------------------------------------------------------------------------------
@@ -175,6 +184,8 @@ def _check_item(name: object, tensor: object) -> bytes:
         raise TypeError(f"tensor names must be str, got {type(name).__name__}: {name!r}")
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"tensor {name!r} has layout {tensor.layout}; pack dense (strided) tensors")
     try:
         name_bytes = name.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -187,9 +198,13 @@ def _check_item(name: object, tensor: object) -> bytes:
 
 
 def _wire_bits(
-    name: str, tensor: torch.Tensor, value_dtype: torch.dtype
-) -> tuple[DtypeSpec, DtypeSpec, np.ndarray]:
-    """Cast to the wire dtype and return (spec, wire spec, flat unsigned bit patterns)."""
+    name: str, tensor: torch.Tensor, value_dtype: torch.dtype, need_magnitude: bool
+) -> tuple[DtypeSpec, DtypeSpec, np.ndarray, np.ndarray | None]:
+    """Cast to the wire dtype; return (spec, wire spec, flat unsigned words, words without sign).
+
+    The sign-less words (float wires only, computed when needed or when narrowing) double as
+    the zero test and the overflow check: a finite input that became inf refuses to pack.
+    """
     spec = dtype_spec(tensor.dtype)
     t = tensor.detach()
     if t.device.type != "cpu":
@@ -197,25 +212,21 @@ def _wire_bits(
     wire = spec
     if spec.mantissa_bits is not None and dtype_spec(value_dtype).itemsize <= spec.itemsize:
         wire = dtype_spec(value_dtype)
-    if wire is spec:
-        w = t
-    else:
-        w = t.to(wire.torch_dtype)
-        top = np.dtype(wire.bits_dtype).type(
-            ((1 << wire.exponent_bits) - 1) << (wire.mantissa_bits or 0)
-        )
-        bits = w.contiguous().view(wire.int_view).numpy().reshape(-1).view(wire.bits_dtype)
-        if bits.size and (bits & _magnitude(wire)).max() >= top:  # inf or nan on the wire
-            overflow = torch.isinf(w) & torch.isfinite(t)
-            if overflow.any():
-                peak = float(t[overflow].abs().max())
-                raise CodecError(
-                    f"tensor {name!r}: {int(overflow.sum())} finite values overflow {wire.name} "
-                    f"(max |value| {peak:.4g}); pack with value_dtype=torch.float32"
-                )
-        return spec, wire, bits
+    w = t if wire is spec else t.to(wire.torch_dtype)
     bits = w.contiguous().view(wire.int_view).numpy().reshape(-1).view(wire.bits_dtype)
-    return spec, wire, bits
+    if wire.mantissa_bits is None or not (need_magnitude or wire is not spec):
+        return spec, wire, bits, None
+    magnitude = bits & _magnitude(wire)
+    inf_bits = ((1 << wire.exponent_bits) - 1) << wire.mantissa_bits
+    if wire is not spec and magnitude.size and int(magnitude.max()) >= inf_bits:
+        overflow = torch.isinf(w) & torch.isfinite(t)
+        if overflow.any():
+            peak = float(t[overflow].abs().max())
+            raise CodecError(
+                f"tensor {name!r}: {int(overflow.sum())} finite values overflow {wire.name} "
+                f"(max |value| {peak:.4g}); pack with value_dtype=torch.float32"
+            )
+    return spec, wire, bits, magnitude
 
 
 def _magnitude(wire: DtypeSpec) -> np.generic:
@@ -226,12 +237,12 @@ def _magnitude(wire: DtypeSpec) -> np.generic:
 def _encode_tensor(
     name: str, tensor: torch.Tensor, value_dtype: torch.dtype, encoding: str, value_coding: str
 ) -> tuple[Entry, list[np.ndarray]]:
-    spec, wire, bits = _wire_bits(name, tensor, value_dtype)
+    spec, wire, bits, magnitude = _wire_bits(name, tensor, value_dtype, encoding != "dense")
     shape = tuple(int(d) for d in tensor.shape)
     numel = int(bits.size)
     if encoding == "dense":
         return Entry(name, spec, wire, DENSE, RAW, shape, numel), [bits.view(np.uint8)]
-    nonzero = (bits != 0) if wire.mantissa_bits is None else (bits & _magnitude(wire)) != 0
+    nonzero = (bits if magnitude is None else magnitude) != 0
     nnz = int(np.count_nonzero(nonzero))
     index = None if nnz in (0, numel) else np.flatnonzero(nonzero)
     values = bits if index is None else bits.take(index)

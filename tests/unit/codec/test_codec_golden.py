@@ -76,6 +76,7 @@ def test_forced_exponent_value_coding():
         "value_coding": "exponent",
         "value_param": 1,
         "num_bytes": 7,
+        "position_num_bytes": 2,
         "manifest_num_bytes": 18,
     }
 

@@ -155,6 +155,8 @@ def test_pack_argument_errors():
         pack({"x": np.ones(2)})
     with pytest.raises(TypeError, match="dtype torch.complex64 cannot be packed"):
         pack({"x": torch.ones(2, dtype=torch.complex64)})
+    with pytest.raises(TypeError, match="has layout torch.sparse_coo; pack dense"):
+        pack({"x": torch.eye(3).to_sparse()})
     with pytest.raises(TypeError, match="tensors must be a Mapping"):
         pack([("x", torch.ones(1))])
     with pytest.raises(CodecError, match="the limit is 1024"):
