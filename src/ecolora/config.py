@@ -127,6 +127,7 @@ class FedConfig:
     rounds: int = field(default=12, metadata={"help": "Communication rounds R."})
     eval_every: int = field(default=1, metadata={"help": "Evaluate the global adapter every N rounds (0: only at the end)."})
     wire_dtype: str = field(default="float16", metadata={"help": "Dense value dtype on the wire: float16 or float32."})
+    checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint every N rounds and after the last (0: never); `ecolora run --resume DIR` continues from it."})
 
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, f"`fed.num_clients` must be >= 1, got {self.num_clients}.")
@@ -137,6 +138,7 @@ class FedConfig:
         _check(self.rounds >= 1, f"`fed.rounds` must be >= 1, got {self.rounds}.")
         _check(self.eval_every >= 0, f"`fed.eval_every` must be >= 0, got {self.eval_every}.")
         _check(self.wire_dtype in ("float16", "float32"), f"`fed.wire_dtype` must be float16 or float32, got {self.wire_dtype!r}.")
+        _check(self.checkpoint_every >= 0, f"`fed.checkpoint_every` must be >= 0, got {self.checkpoint_every}.")
 
 
 @dataclass
@@ -227,12 +229,14 @@ class FaultConfig:
     dropout: float = field(default=0.0, metadata={"help": "Probability a sampled client never replies."})
     straggler: float = field(default=0.0, metadata={"help": "Probability a client misses the round deadline."})
     upload_failure: float = field(default=0.0, metadata={"help": "Probability an upload breaks mid-transfer."})
-    clip_norm: float | None = field(default=None, metadata={"help": "Clip each client update to this L2 norm."})
+    clip_norm: float | None = field(default=None, metadata={"help": "Clip each client update to this L2 norm before averaging (null: no clipping)."})
+    max_num_examples: int | None = field(default=None, metadata={"help": "Reject an update that declares more training examples (null: no bound)."})
 
     def __post_init__(self) -> None:
         for name in ("dropout", "straggler", "upload_failure"):
             _in_range(f"faults.{name}", getattr(self, name), 0.0, 1.0)
         _check(self.clip_norm is None or self.clip_norm > 0, f"`faults.clip_norm` must be > 0 or null, got {self.clip_norm}.")
+        _check(self.max_num_examples is None or self.max_num_examples >= 1, f"`faults.max_num_examples` must be >= 1 or null, got {self.max_num_examples}.")
 
 
 @dataclass
