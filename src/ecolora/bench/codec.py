@@ -26,12 +26,30 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-from ecolora.codec import describe, pack, position_entropy_bits, unpack
-from ecolora.compress import sparsify_topk
+from ecolora.codec import (
+    describe,
+    expected_golomb_bits,
+    optimal_golomb_parameter,
+    pack,
+    position_entropy_bits,
+    rice_parameter,
+    unpack,
+)
+from ecolora.codec.golomb import golomb_num_bytes
+from ecolora.compress import sparsify_topk, topk_mask
 
-__all__ = ["CASES", "DENSITIES", "format_table", "make_lora", "run_codec_bench"]
+__all__ = [
+    "CASES",
+    "DENSITIES",
+    "format_golomb_table",
+    "format_table",
+    "golomb_choice_rows",
+    "make_lora",
+    "run_codec_bench",
+]
 
 DENSITIES = (0.05, 0.1, 0.3, 0.5, 0.6, 0.95)
 CASES = ("gaussian", "heavy_tail")
@@ -201,6 +219,61 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def golomb_choice_rows(
+    densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3),
+    case: str = "gaussian",
+    seed: int = 0,
+    *,
+    num_layers: int = 32,
+) -> list[dict[str, Any]]:
+    """Rice ``2^b*`` against the optimal Golomb ``M``: expected and measured bits per non-zero.
+
+    Measured on the benchmark LoRA's top-k masks, against ``log2 C(n, nnz)`` summed per tensor.
+    """
+    lora = make_lora(case, num_layers=num_layers, seed=seed)
+    rows = []
+    for p in densities:
+        m_rice, m_opt = 1 << rice_parameter(p), optimal_golomb_parameter(p)
+        bits = {"rice": 0, "optimal": 0}
+        bound, nnz = 0.0, 0
+        for t in lora.values():
+            mask = topk_mask(t, p).numpy().reshape(-1)
+            positions = np.flatnonzero(mask)
+            gaps = np.diff(positions, prepend=-1) - 1
+            bound += position_entropy_bits(mask.size, positions.size)
+            nnz += positions.size
+            for label, m in (("rice", m_rice), ("optimal", m_opt)):
+                bits[label] += 8 * sum(golomb_num_bytes(gaps, m))
+        entropy = -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / p
+        rows.append({
+            "density": p,
+            "rice_m": m_rice,
+            "optimal_m": m_opt,
+            "entropy_bits": entropy,
+            "rice_expected_bits": expected_golomb_bits(p, m_rice),
+            "optimal_expected_bits": expected_golomb_bits(p, m_opt),
+            "bound_bits_per_nnz": bound / nnz,
+            "rice_bits_per_nnz": bits["rice"] / nnz,
+            "optimal_bits_per_nnz": bits["optimal"] / nnz,
+        })  # fmt: skip
+    return rows
+
+
+def format_golomb_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Plain-text table of :func:`golomb_choice_rows` (percentages over the bounds)."""
+    lines = ["   p  Rice M  opt M  H(p)/p  Rice exp      opt exp       Rice meas  opt meas"]
+    for r in rows:
+        h, b = r["entropy_bits"], r["bound_bits_per_nnz"]
+        lines.append(
+            f"{r['density']:4.2f}  {r['rice_m']:6d}  {r['optimal_m']:5d}  {h:6.3f}  "
+            f"{r['rice_expected_bits']:.3f} {100 * (r['rice_expected_bits'] / h - 1):+.2f}%  "
+            f"{r['optimal_expected_bits']:.3f} {100 * (r['optimal_expected_bits'] / h - 1):+.2f}%  "
+            f"{100 * (r['rice_bits_per_nnz'] / b - 1):+8.2f}%  "
+            f"{100 * (r['optimal_bits_per_nnz'] / b - 1):+7.2f}%"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: ``python -m ecolora.bench.codec [--json] ...``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -211,7 +284,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-layers", type=int, default=32)
     parser.add_argument("--zstd-levels", type=int, nargs="*", default=[3, 19])
+    parser.add_argument(
+        "--golomb", action="store_true", help="compare Rice and optimal Golomb parameters instead"
+    )
     args = parser.parse_args(argv)
+    if args.golomb:
+        golomb = golomb_choice_rows()
+        print(json.dumps(golomb, indent=2) if args.json else format_golomb_table(golomb))
+        return
     rows = run_codec_bench(
         args.densities,
         args.cases,

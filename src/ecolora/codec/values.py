@@ -132,6 +132,14 @@ def plan_exponent_coding(bits: np.ndarray, spec: DtypeSpec) -> ExponentPlan:
     return ExponentPlan(symbols.astype(np.uint8), best_m, body, extra, rank_of.take(exponents))
 
 
+def _varint_lens(values: np.ndarray) -> np.ndarray:
+    """LEB128 lengths of non-negative int64 ``values`` (vectorized :func:`encode_varint`)."""
+    return 1 + sum((values >= (1 << (7 * i))).astype(np.int64) for i in range(1, 9))
+
+
+_CEIL_LOG2 = np.array([(m - 1).bit_length() for m in range(1, 257)], dtype=np.int64)  # M = 1..256
+
+
 def _best_golomb_m(counts: np.ndarray, count: int) -> tuple[int, int, int]:
     """Golomb ``M`` in ``1..k`` minimizing the exact bytes of the ranks; (M, unary, remainder).
 
@@ -141,17 +149,17 @@ def _best_golomb_m(counts: np.ndarray, count: int) -> tuple[int, int, int]:
     rank = np.arange(k, dtype=np.int64)[None, :]  # (1, k)
     m = np.arange(1, k + 1, dtype=np.int64)[:, None]  # (k, 1)
     quotients = rank // m  # (k, k)
-    unary_bits = (counts[None, :] * (quotients + 1)).sum(axis=1)
-    c = np.array([(int(v) - 1).bit_length() for v in m[:, 0]], dtype=np.int64)[:, None]
-    u = (1 << c) - m
-    width = np.where(u == 0, c, np.maximum(c - 1, 0))[:, 0]
-    long_counts = (counts[None, :] * ((rank - quotients * m) >= u) * (u > 0)).sum(axis=1)
-    unary = (unary_bits + 7) // 8
-    rem = np.array([num_field_bytes(count, int(w)) for w in width], dtype=np.int64)
-    rem += (long_counts + 7) // 8
+    unary = ((counts[None, :] * (quotients + 1)).sum(axis=1) + 7) // 8  # (k,)
+    c = _CEIL_LOG2[:k]
+    u = (1 << c) - m[:, 0]
+    width = np.where(u == 0, c, np.maximum(c - 1, 0))
+    long = (rank - quotients * m) >= u[:, None]
+    long_counts = np.where(u > 0, (counts[None, :] * long).sum(axis=1), 0)
+    chunks = [(width // 8) * 8, width & 4, width & 2, width & 1]
+    rem = sum((count * ch + 7) // 8 for ch in chunks) + (long_counts + 7) // 8
     rem[0] = 0  # M = 1 has no remainder
-    params = [_varint_len(i + 1) + _varint_len(int(x)) + _varint_len(int(y)) for i, (x, y) in enumerate(zip(unary, rem, strict=True))]  # fmt: skip
-    best = int(np.argmin(unary + rem + np.array(params)))
+    size = unary + rem + _varint_lens(m[:, 0]) + _varint_lens(unary) + _varint_lens(rem)
+    best = int(np.argmin(size))
     return best + 1, int(unary[best]), int(rem[best])
 
 

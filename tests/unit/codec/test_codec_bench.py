@@ -41,3 +41,14 @@ def test_main_json(capsys):
           "--num-layers", "1", "--zstd-levels"])  # fmt: skip
     (row,) = json.loads(capsys.readouterr().out)
     assert row["density"] == 0.3 and "zstd19_bytes" not in row
+
+
+def test_golomb_choice_rows_small():
+    from ecolora.bench.codec import format_golomb_table, golomb_choice_rows
+
+    rows = golomb_choice_rows((0.05, 0.2), num_layers=1)
+    assert [(r["rice_m"], r["optimal_m"]) for r in rows] == [(16, 14), (4, 3)]
+    for r in rows:
+        assert r["optimal_bits_per_nnz"] < r["rice_bits_per_nnz"]
+        assert r["bound_bits_per_nnz"] < r["optimal_bits_per_nnz"] < 1.01 * r["bound_bits_per_nnz"]
+    assert len(format_golomb_table(rows).splitlines()) == 3

@@ -184,3 +184,21 @@ def test_reader_varints():
         Reader(b"\xff" * 11).varint("y", 2**80)
     with pytest.raises(ValueError, match="varint must be >= 0, got -1"):
         encode_varint(-1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(1, 500), min_size=1, max_size=40))
+def test_exponent_rank_m_is_the_exact_minimum(counts):
+    from ecolora.codec.values import _best_golomb_m
+
+    counts_arr = np.array(sorted(counts, reverse=True), dtype=np.int64)
+    ranks = np.repeat(np.arange(counts_arr.size), counts_arr)
+    m, unary_bytes, rem_bytes = _best_golomb_m(counts_arr, int(ranks.size))
+    unary, rem = golomb_encode(ranks, m)
+    assert (unary.size, rem.size) == (unary_bytes, rem_bytes)
+
+    def total(mm: int) -> int:
+        u, r = golomb_encode(ranks, mm)
+        return u.size + r.size + sum(len(encode_varint(x)) for x in (mm, u.size, r.size))
+
+    assert total(m) == min(total(mm) for mm in range(1, counts_arr.size + 1))
