@@ -8,7 +8,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -50,9 +50,9 @@ def main(ctx: typer.Context) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML preset (default: configs/quickstart.yaml).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/<name>-<time>).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key: --set fed.rounds=5 (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (default: configs/quickstart.yaml).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>-<time>).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set fed.rounds=5 (repeatable).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federated fine-tuning experiment and write its run directory."""
@@ -76,10 +76,10 @@ def run(
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
     fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
-    baseline: Annotated[Optional[Path], typer.Option(help="Run to compute ratios against (default: the first).")] = None,
-    target_eval_loss: Annotated[Optional[float], typer.Option(help="Report rounds/params/bytes/time to first reach this eval loss.")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="Run to compute ratios against (default: the first).")] = None,
+    target_eval_loss: Annotated[float | None, typer.Option(help="Report rounds/params/bytes/time to first reach this eval loss.")] = None,
     scenario: Annotated[str, typer.Option(help="Link scenario for the time columns (uplink/downlink Mbps).")] = "1/5",
-    plot: Annotated[Optional[Path], typer.Option(help="Write quality-vs-bytes plot here (PNG).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write quality-vs-bytes plot here (PNG).")] = None,
 ) -> None:
     """Compare runs in the paper's Table 1 / Table 3 form."""
     from ecolora.report.compare import compare_runs, format_markdown
@@ -100,9 +100,9 @@ def compare(
 @app.command()
 def netsim(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (metrics.jsonl).")],
-    scenario: Annotated[Optional[list[str]], typer.Option(help="Preset uplink/downlink Mbps, e.g. 1/5 (repeatable).")] = None,
-    uplink_mbps: Annotated[Optional[float], typer.Option()] = None,
-    downlink_mbps: Annotated[Optional[float], typer.Option()] = None,
+    scenario: Annotated[list[str] | None, typer.Option(help="Preset uplink/downlink Mbps, e.g. 1/5 (repeatable).")] = None,
+    uplink_mbps: Annotated[float | None, typer.Option()] = None,
+    downlink_mbps: Annotated[float | None, typer.Option()] = None,
     latency_ms: Annotated[float, typer.Option()] = 50.0,
     backend: Annotated[str, typer.Option(help="analytic or ns3.")] = "analytic",
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -148,11 +148,11 @@ def bench_codec(
 
 @app.command("eval")
 def evaluate(
-    adapter: Annotated[Optional[Path], typer.Option(help="PEFT adapter folder (a run's adapter/); omit for the base model.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder (a run's adapter/); omit for the base model.")] = None,
     suite: Annotated[str, typer.Option(help="bigbench-mc, arc, mmlu, preference, heldout.")] = "bigbench-mc",
-    model: Annotated[Optional[str], typer.Option(help="Base model (default: from the run's config.yaml, else smollm2-135m).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Items per task.")] = None,
-    path: Annotated[Optional[str], typer.Option(help="Local file for suites in a hub schema.")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model (default: from the run's config.yaml, else smollm2-135m).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Items per task.")] = None,
+    path: Annotated[str | None, typer.Option(help="Local file for suites in a hub schema.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Score a base model or a fine-tuned adapter on an evaluation suite."""

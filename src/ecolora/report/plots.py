@@ -56,7 +56,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     down = _cumsum([m["download_bytes"] / 1e6 for m in metrics])
     ax.plot(rounds, up, marker="o", label="upload (client→server)")
     ax.plot(rounds, down, marker="s", label="download (server→client)")
-    ax.plot(rounds, [u + d for u, d in zip(up, down)], linestyle="--", label="total")
+    ax.plot(rounds, [u + d for u, d in zip(up, down, strict=False)], linestyle="--", label="total")
     ax.set(xlabel="round", ylabel="cumulative MB", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -73,7 +73,7 @@ def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
     for run_dir in run_dirs:
         metrics, summary = load_run(Path(run_dir))
         total = _cumsum([(m["upload_bytes"] + m["download_bytes"]) / 1e6 for m in metrics])
-        pts = [(t, m["eval_loss"]) for t, m in zip(total, metrics) if m["eval_loss"] is not None]
+        pts = [(t, m["eval_loss"]) for t, m in zip(total, metrics, strict=False) if m["eval_loss"] is not None]
         if summary.get("initial_eval_loss") is not None:
             pts = [(0.0, summary["initial_eval_loss"])] + pts
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=summary.get("method", Path(run_dir).name))

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from ecolora.config import RunConfig
-from ecolora.strategies import AggregationError, FedIT, FFALoRA, Message, build_strategy, weighted_average
+from ecolora.strategies import (
+    AggregationError,
+    FedIT,
+    FFALoRA,
+    Message,
+    build_strategy,
+    weighted_average,
+)
 
 from .fakes import FakeRuntime, lora_template
 

@@ -19,7 +19,7 @@ def test_stacked_product_equals_weighted_sum_of_client_delta_w():
     assert stacked["m.lora_A.weight"].shape == (7, 6) and stacked["m.lora_B.weight"].shape == (5, 7)
     expected = sum(
         (w / sum(weights)) * (alpha / r) * (c["m.lora_B.weight"] @ c["m.lora_A.weight"])
-        for c, w, r in zip(clients, weights, ranks)
+        for c, w, r in zip(clients, weights, ranks, strict=False)
     )
     assert torch.allclose(stacked["m.lora_B.weight"] @ stacked["m.lora_A.weight"], expected, atol=1e-5)
 
