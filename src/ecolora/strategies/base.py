@@ -8,6 +8,20 @@ One round, whatever the engine (the in-process runner or Flower)::
     # ... the reply is packed, crosses back, is unpacked ...
     metrics = strategy.aggregate_round(t, replies)             # server: new global state
 
+``aggregate_round`` is the batch form of the streaming path engines may call instead, one reply
+at a time as it arrives, so the server never holds all of a round's replies::
+
+    strategy.aggregate_begin(t)
+    strategy.aggregate_add(client_id, reply)     # validate, clip, fold in; returns a reason or None
+    strategy.aggregate_reject(client_id, why)    # a reply that could not even be decoded
+    metrics = strategy.aggregate_end(t)          # new global state; "rejected", "no_update"
+
+Every reply is validated (:mod:`ecolora.strategies.validation`) and optionally norm-clipped
+(``faults.clip_norm``) before the algorithm sees it. Algorithms fold replies in through three
+hooks (:meth:`Strategy.fold_begin`, :meth:`Strategy.fold`, :meth:`Strategy.fold_end`: running
+sums, memory independent of the number of clients), or implement
+:meth:`Strategy.aggregate_replies` to receive the round's accepted replies at once.
+
 Algorithms subclass :class:`Strategy` and override these hooks; the loop itself lives in the
 engines. Everything a message carries is in :class:`Message` (a JSON config plus named tensors),
 so both engines serialize it the same way with :meth:`Strategy.pack` / :meth:`Strategy.unpack`.
@@ -16,6 +30,8 @@ so both engines serialize it the same way with :meth:`Strategy.pack` / :meth:`St
 from __future__ import annotations
 
 import json
+import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +41,9 @@ import torch
 
 from ecolora import codec
 from ecolora.config import RunConfig
+from ecolora.strategies.validation import validate_update
+
+logger = logging.getLogger("ecolora")
 
 __all__ = [
     "AggregationError",
@@ -32,6 +51,7 @@ __all__ = [
     "Message",
     "Strategy",
     "TrainResult",
+    "clip_factor",
     "get_strategy_class",
     "register_strategy",
     "strategy_names",
@@ -104,16 +124,132 @@ class Strategy(ABC):
         """Build one fresh message per sampled client (position in ``client_ids`` matters)."""
 
     @abstractmethod
-    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
-        """Fold the replies that arrived into the global state; return round metrics."""
-
-    @abstractmethod
     def global_lora(self) -> dict[str, torch.Tensor]:
         """The global LoRA tensors to evaluate and save (full names, fp32)."""
 
     def prepare_eval(self, runtime: ClientRuntime) -> None:
         """Put the global model into ``runtime``'s model for evaluation."""
         runtime.set_lora(self.global_lora())
+
+    def remember_asked(self, server_round: int, messages: Mapping[int, Message]) -> None:
+        """Keep what each client was sent (its config) to check its reply against this round."""
+        self._asked_round = server_round
+        self._asked = {cid: dict(m.config) for cid, m in messages.items()}
+
+    def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """Names and shapes of the tensors ``client_id`` must upload for request ``asked``.
+
+        None: names and shapes are not checked. May raise KeyError/TypeError/ValueError when
+        ``asked`` (the reply's own config when the request is unknown) is malformed.
+        """
+        del client_id, asked
+        return None
+
+    # ---- server side: aggregation ------------------------------------------------------------
+    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
+        """Validate, clip and fold in the replies that arrived (in the given order); return metrics."""
+        self.aggregate_begin(server_round)
+        for client_id, reply in replies.items():
+            self.aggregate_add(client_id, reply)
+        return self.aggregate_end(server_round)
+
+    def aggregate_begin(self, server_round: int) -> None:
+        """Start folding in the replies of ``server_round`` (forgets an unfinished round)."""
+        self._pending = _PendingRound(server_round)
+        self.fold_begin(server_round)
+
+    def aggregate_add(self, client_id: int, reply: Message) -> str | None:
+        """Validate one reply and fold it in; return the rejection reason (None: accepted)."""
+        pending = self._require_pending("aggregate_add")
+        reason = self._rejection(pending, client_id, reply)
+        pending.seen.add(client_id)
+        if reason is not None:
+            self.aggregate_reject(client_id, reason)
+            return reason
+        bound = self.config.faults.clip_norm
+        if bound is not None:
+            reply, norm = self.clip_reply(reply, bound)
+            if norm > bound:
+                pending.clipped.append({"client": client_id, "norm": norm})
+        self.fold(client_id, reply)
+        pending.num_accepted += 1
+        return None
+
+    def aggregate_reject(self, client_id: int, reason: str) -> None:
+        """Record a reply dropped before aggregation (e.g. ``payload: <CodecError>``)."""
+        pending = self._require_pending("aggregate_reject")
+        pending.seen.add(client_id)
+        pending.rejected.append({"client": client_id, "reason": reason})
+        logger.warning("round %d: rejected the update of client %d: %s", pending.server_round, client_id, reason)
+
+    def aggregate_end(self, server_round: int) -> dict[str, Any]:
+        """Finish the round: new global state unless nothing usable arrived; return metrics."""
+        pending = self._require_pending("aggregate_end")
+        if pending.server_round != server_round:
+            raise AggregationError(f"aggregate_end({server_round}) but round {pending.server_round} was begun.")
+        self._pending = None
+        if pending.num_accepted == 0:
+            logger.warning("round %d: no usable update arrived; the global model is unchanged", server_round)
+            metrics: dict[str, Any] = {}
+        else:
+            metrics = dict(self.fold_end(server_round))
+        metrics.update(no_update=pending.num_accepted == 0, rejected=pending.rejected)
+        if self.config.faults.clip_norm is not None:
+            metrics["clipped"] = pending.clipped
+        return metrics
+
+    def _require_pending(self, what: str) -> _PendingRound:
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            raise AggregationError(f"{what} needs aggregate_begin(server_round) first.")
+        return pending
+
+    def _rejection(self, pending: _PendingRound, client_id: int, reply: Message) -> str | None:
+        if client_id in pending.seen:
+            return f"duplicate: client {client_id} already replied in round {pending.server_round}"
+        asked_all = getattr(self, "_asked", None) if getattr(self, "_asked_round", None) == pending.server_round else None
+        if asked_all is not None and client_id not in asked_all:
+            return f"not_asked: client {client_id} was not sampled in round {pending.server_round}"
+        asked = asked_all.get(client_id) if asked_all is not None else None
+        try:  # an unknown request: the shapes of what the reply claims to answer
+            shapes = self.expected_shapes(client_id, asked if asked is not None else reply.config)
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"config: reply config {reply.config!r} does not say what it answers ({exc})"
+        return validate_update(
+            reply, server_round=pending.server_round, asked=asked, shapes=shapes,
+            max_num_examples=self.config.faults.max_num_examples,
+        )
+
+    # ---- aggregation hooks (algorithms override these) ---------------------------------------
+    def fold_begin(self, server_round: int) -> None:
+        """Reset the running state of one round (default: a buffer for :meth:`aggregate_replies`)."""
+        self._buffer: dict[int, Message] = {}
+
+    def fold(self, client_id: int, reply: Message) -> None:
+        """Fold one validated (and clipped) reply into the running state."""
+        self._buffer[client_id] = reply
+
+    def fold_end(self, server_round: int) -> dict[str, Any]:
+        """Turn the running state into the new global state (>= 1 reply was folded); return metrics."""
+        replies, self._buffer = self._buffer, {}
+        return self.aggregate_replies(server_round, replies)
+
+    def aggregate_replies(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
+        """Batch aggregation of the accepted replies, for algorithms without running sums."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fold_* or aggregate_replies.")
+
+    def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
+        """Scale the client's update U to ``U * min(1, max_norm / ||U||_2)``; return (reply, ||U||).
+
+        Norm bounding as in DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent
+        Language Models", ICLR 2018). What U is depends on the algorithm (a delta against the
+        global model, a sparse update, B_i A_i), so each algorithm overrides this; the default
+        warns once and leaves the reply as it is.
+        """
+        if not getattr(self, "_warned_clip", False):
+            logger.warning("faults.clip_norm is ignored: %s does not define its client update.", self.name)
+            self._warned_clip = True
+        return reply, 0.0
 
     # ---- client side -------------------------------------------------------------------------
     @abstractmethod
@@ -139,6 +275,23 @@ class Strategy(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         del state
+
+
+@dataclass
+class _PendingRound:
+    """Bookkeeping of the round being aggregated (not part of the strategy's state)."""
+
+    server_round: int
+    seen: set[int] = field(default_factory=set)
+    num_accepted: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    clipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def clip_factor(squared_norm: float, max_norm: float) -> tuple[float, float]:
+    """(min(1, max_norm / ||U||), ||U||) from ``||U||^2``."""
+    norm = math.sqrt(squared_norm)
+    return (max_norm / norm if norm > max_norm else 1.0), norm
 
 
 def weighted_average(

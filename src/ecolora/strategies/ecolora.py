@@ -38,7 +38,13 @@ import torch
 from ecolora import codec
 from ecolora.compress import AdaptiveK, AdaptiveKConfig, ErrorFeedback, sparsify_topk
 from ecolora.config import RunConfig
-from ecolora.strategies.base import AggregationError, ClientRuntime, Message, Strategy, get_strategy_class
+from ecolora.strategies.base import (
+    ClientRuntime,
+    Message,
+    Strategy,
+    clip_factor,
+    get_strategy_class,
+)
 from ecolora.strategies.fedit import FedIT, _train_metrics, is_lora_a
 from ecolora.strategies.segments import SegmentLayout, assign_segment
 
@@ -98,6 +104,10 @@ class EcoLoRA(Strategy):
         elif sparse_down:
             broadcast = self.server_feedback.compress("down", self.global_state, dens) if self.eco.error_feedback \
                 else {k: sparsify_topk(v, dens(k)) for k, v in self.global_state.items()}
+        # Messages share tensors (one dense snapshot, one delta per sync round): the server's
+        # memory for a round's messages does not grow with the number of clients.
+        snapshot = {k: v.clone() for k, v in self.global_state.items()} if not sparse_down else {}
+        deltas: dict[int, dict[str, torch.Tensor]] = {}
         messages = {}
         for position, cid in enumerate(client_ids):
             config = {
@@ -105,17 +115,21 @@ class EcoLoRA(Strategy):
                 "density_a": density_a, "density_b": density_b, "download": "dense",
             }
             if not sparse_down:
-                tensors = {k: v.clone() for k, v in self.global_state.items()}
+                tensors = dict(snapshot)
             elif mode == "update":
-                since = self.replica_history[self.client_sync_round.get(cid, 0)]
-                tensors = {k: self.replica[k] - since[k] for k in self.replica}
+                synced = self.client_sync_round.get(cid, 0)
+                if synced not in deltas:
+                    since = self.replica_history[synced]
+                    deltas[synced] = {k: self.replica[k] - since[k] for k in self.replica}
+                tensors = dict(deltas[synced])
                 config["download"] = "delta"
                 self.client_sync_round[cid] = server_round
             else:
-                tensors = {k: v.clone() for k, v in broadcast.items()}
+                tensors = dict(broadcast)
                 config["download"] = "sparse_params"
             messages[cid] = Message(config=config, tensors=tensors)
         self._prune_history()
+        self.remember_asked(server_round, messages)
         return messages
 
     def _prune_history(self) -> None:
@@ -124,46 +138,67 @@ class EcoLoRA(Strategy):
             if r not in keep:
                 del self.replica_history[r]
 
-    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
-        if not replies:
-            return {"segments_updated": 0}
-        by_segment: dict[int, list[Message]] = {}
-        for cid in sorted(replies):
-            by_segment.setdefault(int(replies[cid].config["segment"]), []).append(replies[cid])
-        for segment, group in sorted(by_segment.items()):
-            self._aggregate_segment(segment, group)
-        weights = [r.num_examples for r in replies.values()]
-        total = float(sum(weights))
-        self.last_loss = sum(w * r.metrics["train_loss"] for w, r in zip(weights, replies.values())) / total
-        if self.initial_loss is None:
-            self.initial_loss = sum(w * r.metrics["initial_loss"] for w, r in zip(weights, replies.values())) / total
-        density_a, density_b = self.densities()
-        return {"segments_updated": len(by_segment), "next_density_a": density_a, "next_density_b": density_b}
+    def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The 1-D pieces of the segment the client was asked for (eq. 2)."""
+        return {name: (end - start,) for name, start, end in self.layout.pieces(int(asked["segment"]))}
 
-    def _aggregate_segment(self, segment: int, group: list[Message]) -> None:
-        if self.layout.num_segments == 1:
-            current = {k: v.reshape(-1).clone() for k, v in self.global_state.items()}
-        else:
-            current = self.layout.extract(self.global_state, segment)
-        total = float(sum(r.num_examples for r in group))
-        new = {k: torch.zeros_like(v) for k, v in current.items()}
-        for reply in group:
-            if set(reply.tensors) != set(current):
-                raise AggregationError(f"Reply for segment {segment} has tensors {sorted(reply.tensors)[:3]}..., expected the segment's pieces.")
-            w = reply.num_examples / total
-            for k, piece in reply.tensors.items():
-                piece = piece.reshape(-1).float()
-                if self.eco.sparsify == "update":
-                    new[k] += w * piece
-                else:
-                    new[k] += w * torch.where(piece != 0, piece, current[k])
+    # Streaming step 5: per segment s a running sum S_s = sum_i n_i X_i[s] and W_s = sum_i n_i,
+    # X_i = U_i (update) or V_i (params); the segments are disjoint, so all sums together take one
+    # LoRA's memory whatever the number of clients.
+    def fold_begin(self, server_round: int) -> None:
+        self._sums: dict[int, dict[str, torch.Tensor]] = {}
+        self._weights: dict[int, float] = {}
+        self._loss_sums = [0.0, 0.0, 0.0]  # sum n_i L_i, sum n_i L_i^0, sum n_i
+
+    def fold(self, client_id: int, reply: Message) -> None:
+        segment = int(reply.config["segment"])
+        n = float(reply.num_examples)
+        acc = self._sums.get(segment)
+        if acc is None:
+            acc = self._sums[segment] = {name: torch.zeros(b - a) for name, a, b in self.layout.pieces(segment)}
+        current = self.layout.extract(self.global_state, segment) if self.eco.sparsify == "params" else None
+        for k, piece in reply.tensors.items():
+            piece = piece.reshape(-1).float()
+            if current is not None:  # V_i: the sent value, or P[s] where nothing was sent
+                piece = torch.where(piece != 0, piece, current[k])
+            acc[k].add_(piece, alpha=n)
+        self._weights[segment] = self._weights.get(segment, 0.0) + n
+        for i, value in enumerate((reply.metrics["train_loss"], reply.metrics["initial_loss"], 1.0)):
+            self._loss_sums[i] += n * float(value)
+
+    def fold_end(self, server_round: int) -> dict[str, Any]:
+        for segment in sorted(self._sums):
+            mean = {k: v / self._weights[segment] for k, v in self._sums[segment].items()}
+            if self.eco.sparsify == "update":  # P[s] += sum_i n_i U_i[s] / sum_i n_i
+                current = self.layout.extract(self.global_state, segment)
+                mean = {k: current[k] + v for k, v in mean.items()}
+            self.layout.insert(self.global_state, segment, mean)
+        train_sum, initial_sum, total = self._loss_sums
+        self.last_loss = train_sum / total
+        if self.initial_loss is None:
+            self.initial_loss = initial_sum / total
+        segments_updated = len(self._sums)
+        self._sums, self._weights = {}, {}
+        density_a, density_b = self.densities()
+        return {"segments_updated": segments_updated, "next_density_a": density_a, "next_density_b": density_b}
+
+    def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
+        """Clip the update: the sent pieces (update mode) or, in params mode, the sent values
+        minus the global values at the sent positions (positions not sent stay unsent)."""
+        pieces = {k: v.reshape(-1).float() for k, v in reply.tensors.items()}
         if self.eco.sparsify == "update":
-            new = {k: current[k] + new[k] for k in new}
-        if self.layout.num_segments == 1:
-            for k, v in new.items():
-                self.global_state[k] = v.reshape(self.global_state[k].shape)
+            update = pieces
         else:
-            self.layout.insert(self.global_state, segment, new)
+            current = self.layout.extract(self.global_state, int(reply.config["segment"]))
+            update = {k: torch.where(v != 0, v - current[k], 0.0) for k, v in pieces.items()}
+        factor, norm = clip_factor(sum(float(u.square().sum()) for u in update.values()), max_norm)
+        if factor < 1.0:
+            if self.eco.sparsify == "update":
+                tensors = {k: u * factor for k, u in update.items()}
+            else:
+                tensors = {k: torch.where(pieces[k] != 0, current[k] + factor * u, 0.0) for k, u in update.items()}
+            reply = Message(config=reply.config, tensors=tensors, num_examples=reply.num_examples, metrics=reply.metrics)
+        return reply, norm
 
     def global_lora(self) -> dict[str, torch.Tensor]:
         full = {k: v.clone() for k, v in self.initial_lora.items()}

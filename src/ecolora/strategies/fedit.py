@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ecolora.strategies.base import ClientRuntime, Message, Strategy, register_strategy, weighted_average
+from ecolora.strategies.base import ClientRuntime, Message, Strategy, clip_factor, register_strategy
 
 __all__ = ["FedIT", "FFALoRA", "is_lora_a"]
 
@@ -43,17 +43,38 @@ class FedIT(Strategy):
 
     # ---- server ------------------------------------------------------------------------------
     def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
-        return {
-            cid: Message(config={"round": server_round}, tensors={k: v.clone() for k, v in self.global_state.items()})
-            for cid in client_ids
-        }
+        # One copy of the global state shared by every message: memory does not grow with clients.
+        snapshot = {k: v.clone() for k, v in self.global_state.items()}
+        messages = {cid: Message(config={"round": server_round}, tensors=dict(snapshot)) for cid in client_ids}
+        self.remember_asked(server_round, messages)
+        return messages
 
-    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
-        ordered = [replies[c] for c in sorted(replies)]
-        self.global_state = weighted_average(
-            [r.tensors for r in ordered], [r.num_examples for r in ordered], keys=sorted(self.global_state)
-        )
+    def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.global_state.items()}
+
+    # Streaming FedAvg: one running sum S = sum_i n_i P_i and W = sum_i n_i, whatever the clients.
+    def fold_begin(self, server_round: int) -> None:
+        self._sum = {k: torch.zeros_like(v) for k, v in self.global_state.items()}
+        self._weight = 0.0
+
+    def fold(self, client_id: int, reply: Message) -> None:
+        for k, acc in self._sum.items():
+            acc.add_(reply.tensors[k].float(), alpha=float(reply.num_examples))
+        self._weight += float(reply.num_examples)
+
+    def fold_end(self, server_round: int) -> dict[str, Any]:
+        self.global_state = {k: acc / self._weight for k, acc in self._sum.items()}
+        self._sum = {}
         return {}
+
+    def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
+        """Clip U_i = P_i - P^t (the reply minus the global state it started from)."""
+        update = {k: reply.tensors[k].float() - v for k, v in self.global_state.items()}
+        factor, norm = clip_factor(sum(float(u.square().sum()) for u in update.values()), max_norm)
+        if factor < 1.0:
+            tensors = {k: self.global_state[k] + factor * u for k, u in update.items()}
+            reply = Message(config=reply.config, tensors=tensors, num_examples=reply.num_examples, metrics=reply.metrics)
+        return reply, norm
 
     def global_lora(self) -> dict[str, torch.Tensor]:
         full = {k: v.clone() for k, v in self.initial_lora.items()}

@@ -36,7 +36,14 @@ from safetensors.torch import save_file
 from ecolora import codec
 from ecolora.compress import AdaptiveK, AdaptiveKConfig, sparsify_topk
 from ecolora.config import RunConfig
-from ecolora.strategies.base import AggregationError, ClientRuntime, Message, Strategy, register_strategy
+from ecolora.strategies.base import (
+    AggregationError,
+    ClientRuntime,
+    Message,
+    Strategy,
+    clip_factor,
+    register_strategy,
+)
 from ecolora.strategies.fedit import _train_metrics, is_lora_a
 
 __all__ = ["FLoRA", "module_of", "stack_modules"]
@@ -116,11 +123,36 @@ class FLoRA(Strategy):
                 tensors=tensors,
             )
             self.client_sync_round[cid] = server_round - 1
+        self.remember_asked(server_round, messages)
         return messages
 
-    def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
-        if not replies:
-            return {}
+    def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        """A full LoRA of the client's rank r_i: A (r_i, d_in), B (d_out, r_i)."""
+        rank = self.rank_of(client_id)
+        return {k: (rank, v.shape[1]) if is_lora_a(k) else (v.shape[0], rank) for k, v in self.initial_lora.items()}
+
+    def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
+        """Clip dW_i = s_i B_i A_i (B starts at 0 each round) by scaling B_i.
+
+        ||B A||_F^2 = sum((B^T B) * (A A^T)) needs only (r, r) products, never the (d_out, d_in) dW.
+        """
+        tensors = reply.tensors
+        rank = next(v.shape[0] for k, v in tensors.items() if is_lora_a(k))
+        s = self.alpha / rank
+        squared = 0.0
+        for k, a in tensors.items():
+            if is_lora_a(k):
+                b = tensors[k.replace("lora_A", "lora_B")].float()  # (d_out, r)
+                a = a.float()  # (r, d_in)
+                squared += s * s * float(((b.T @ b) * (a @ a.T)).sum())
+        factor, norm = clip_factor(squared, max_norm)
+        if factor < 1.0:
+            clipped = {k: v * factor if not is_lora_a(k) else v for k, v in tensors.items()}
+            reply = Message(config=reply.config, tensors=clipped, num_examples=reply.num_examples, metrics=reply.metrics)
+        return reply, norm
+
+    def aggregate_replies(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
+        """Stacking keeps every client's A_i and B_i: memory grows with the clients of a round."""
         cids = sorted(replies)
         ranks = [self.rank_of(c) for c in cids]
         stacked = stack_modules([replies[c].tensors for c in cids], [replies[c].num_examples for c in cids],
@@ -130,9 +162,9 @@ class FLoRA(Strategy):
             stacked = {k: sparsify_topk(v, density_a if is_lora_a(k) else density_b) for k, v in stacked.items()}
         self.stacks[server_round] = stacked
         weights = [replies[c].num_examples for c in cids]
-        self.last_loss = sum(w * replies[c].metrics["train_loss"] for w, c in zip(weights, cids)) / sum(weights)
+        self.last_loss = sum(w * replies[c].metrics["train_loss"] for w, c in zip(weights, cids, strict=True)) / sum(weights)
         if self.initial_loss is None:
-            self.initial_loss = sum(w * replies[c].metrics["initial_loss"] for w, c in zip(weights, cids)) / sum(weights)
+            self.initial_loss = sum(w * replies[c].metrics["initial_loss"] for w, c in zip(weights, cids, strict=True)) / sum(weights)
         return {"stacked_rank": int(sum(ranks))}
 
     def global_lora(self) -> dict[str, torch.Tensor]:
