@@ -54,20 +54,37 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>-<time>).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set fed.rounds=5 (repeatable).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last checkpoint (config from DIR/config.yaml).")] = None,
 ) -> None:
     """Run a federated fine-tuning experiment and write its run directory."""
     from ecolora.config import ConfigError, load_config
 
     _setup_logging(verbose)
+    if resume is not None:
+        if config is not None or overrides or out is not None:
+            _fail("--resume takes the config and the run directory from DIR; drop --config, --set and --out.")
+        if not (resume / "config.yaml").is_file():
+            _fail(f"{resume} has no config.yaml; is it a run directory?")
+        config, out = resume / "config.yaml", resume
     path = config if config is not None else PRESETS / "quickstart.yaml"
     try:
         cfg = load_config(path, overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
     out_dir = out or Path("runs") / f"{Path(path).stem}-{cfg.method.replace('+', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
-    from ecolora.report.progress import run_with_progress
+    from ecolora.report.progress import round_table, run_with_progress
 
-    summary = run_with_progress(cfg, out_dir, console)
+    if resume is not None:
+        from ecolora.sim.checkpoint import ResumeError
+        from ecolora.sim.runner import run_experiment
+
+        try:
+            summary = run_experiment(cfg, out_dir, resume=True)
+        except ResumeError as exc:
+            _fail(str(exc))
+        console.print(round_table(out_dir))
+    else:
+        summary = run_with_progress(cfg, out_dir, console)
     console.print(f"Run directory: [bold]{out_dir}[/]")
     typer.echo(json.dumps({k: summary[k] for k in ("method", "final_eval_loss", "upload_bytes", "download_bytes", "wall_s")}))
 

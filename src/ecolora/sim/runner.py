@@ -6,6 +6,12 @@ Run directory contract (later tools rely on it):
     summary.json     totals and final quality
     adapter/         the final global LoRA in PEFT format
     plots/           loss and cumulative-bytes PNGs
+    checkpoints/     the last complete checkpoints (``ecolora run --resume DIR``)
+
+Each round's record also lists ``dropped: [{client, reason}]`` (client faults, ``faults.*``) and
+``rejected: [{client, reason}]`` (updates that failed validation or decoding), and sets
+``no_update`` when nothing usable arrived (the global model is then unchanged). See
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ import yaml
 
 from ecolora.config import RunConfig
 from ecolora.network.ledger import ByteLedger
+from ecolora.sim.checkpoint import (
+    ResumeError,
+    capture_run,
+    latest_checkpoint,
+    restore_run,
+    save_checkpoint,
+)
+from ecolora.sim.faults import draw_fault, upload
 from ecolora.sim.runtime import SimClient
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
@@ -32,6 +46,7 @@ from ecolora.strategies.base import Message
 logger = logging.getLogger("ecolora")
 
 __all__ = [
+    "CHECKPOINT_DIR",
     "ProgressHook",
     "evaluate_global",
     "finish_round",
@@ -42,59 +57,141 @@ __all__ = [
 ]
 
 ProgressHook = Callable[[str, int, int], None]  # (event, done, total): "round" / "client"
+CHECKPOINT_DIR = "checkpoints"
 
 
 def run_experiment(
-    config: RunConfig, out_dir: Path, progress: ProgressHook | None = None
+    config: RunConfig, out_dir: Path, progress: ProgressHook | None = None, resume: bool = False
 ) -> dict[str, Any]:
-    """Run one federated fine-tuning experiment and write its run directory; return the summary."""
+    """Run one federated fine-tuning experiment and write its run directory; return the summary.
+
+    With ``resume=True`` the run in ``out_dir`` continues from its last complete checkpoint
+    (written every ``fed.checkpoint_every`` rounds, see :mod:`ecolora.sim.checkpoint`) and ends
+    exactly as the uninterrupted run would have; without a checkpoint it starts over in place.
+    """
+    from ecolora.sim import get_runner  # fedbuff, hierfedlora: their own loops (ecolora.sim)
+
+    runner = get_runner(config)
+    if runner is not None:
+        return runner(config, out_dir, progress, resume)
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    metrics_path = start_run_dir(config, out_dir)
+    restored = _checkpoint_to_resume(config, out_dir) if resume else None
+    metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
     setup = build_setup(config)
     ledger = ByteLedger()
     transport = InProcessTransport(setup.strategy, ledger)
     rng = np.random.default_rng(config.seed)
     fed = config.fed
-    history: list[dict[str, Any]] = []
-    initial_eval = evaluate_global(setup)
-    logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
+    if restored is None:
+        history: list[dict[str, Any]] = []
+        initial_eval, prior_wall_s, first_round = evaluate_global(setup), 0.0, 1
+        logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
+    else:
+        restore_run(restored, setup, rng, ledger)
+        history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
+        prior_wall_s, first_round = float(restored["wall_s"]), int(restored["round"]) + 1
+        _rewrite_metrics(metrics_path, history)
+        logger.info("Resuming %s after round %d of %d", out_dir, first_round - 1, fed.rounds)
 
-    for server_round in range(1, fed.rounds + 1):
-        # ---- sample and configure ------------------------------------------------------------
+    for server_round in range(first_round, fed.rounds + 1):
+        # ---- sample, then local work and streaming aggregation, each message through bytes ----
         sampled = sample_clients(rng, fed.num_clients, fed.clients_per_round)
-        messages = setup.strategy.configure_round(server_round, sampled)
-        replies: dict[int, Message] = {}
-        per_client: list[dict[str, Any]] = []
-        # ---- local work, each message through bytes -------------------------------------------
-        for done, cid in enumerate(sampled):
-            client: SimClient = setup.clients[cid]
-            received = transport.send(server_round, cid, "down", messages[cid])
-            reply = setup.strategy.client_round(client, received)
-            replies[cid] = transport.send(server_round, cid, "up", reply)
-            per_client.append(
-                {
-                    "client": cid,
-                    "compute_s": reply.metrics.get("compute_s", 0.0),
-                    "train_loss": reply.metrics.get("train_loss"),
-                }
-            )
-            if progress:
-                progress("client", done + 1, len(sampled))
-        # ---- aggregate and evaluate -----------------------------------------------------------
-        strategy_metrics = setup.strategy.aggregate_round(server_round, replies)
+        arrived, per_client, strategy_metrics = _play_round(config, setup, transport, server_round, sampled, progress)
+        # ---- evaluate, record, checkpoint ------------------------------------------------------
         record = finish_round(
-            config, setup, ledger, server_round, sampled, replies, per_client, strategy_metrics
+            config, setup, ledger, server_round, sampled, arrived, per_client, strategy_metrics
         )
         history.append(record)
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        every = fed.checkpoint_every
+        if every > 0 and (server_round % every == 0 or server_round == fed.rounds):
+            extra = {"config_json": _config_json(config), "initial_eval": initial_eval,
+                     "wall_s": prior_wall_s + time.perf_counter() - wall_start}
+            save_checkpoint(out_dir / CHECKPOINT_DIR, server_round,
+                            capture_run(setup, server_round, rng, ledger, history, extra))
         if progress:
             progress("round", server_round, fed.rounds)
 
-    return finish_run(
-        config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start
-    )
+    wall_s = prior_wall_s + time.perf_counter() - wall_start
+    return finish_run(config, setup, out_dir, history, ledger, initial_eval, wall_s)
+
+
+def _play_round(
+    config: RunConfig,
+    setup: RunSetup,
+    transport: InProcessTransport,
+    server_round: int,
+    sampled: list[int],
+    progress: ProgressHook | None,
+) -> tuple[dict[int, Message], list[dict[str, Any]], dict[str, Any]]:
+    """One round's messages, local work, faults and streaming aggregation.
+
+    Each reply is folded into the aggregate as it arrives and its tensors are dropped, so the
+    server never holds more than one reply. Returns the accepted replies without tensors (for the
+    record), the per-client rows and the strategy's metrics plus ``dropped: [{client, reason}]``.
+    """
+    strategy = setup.strategy
+    messages = strategy.configure_round(server_round, sampled)
+    strategy.aggregate_begin(server_round)
+    arrived: dict[int, Message] = {}
+    per_client: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    for done, cid in enumerate(sampled):
+        client: SimClient = setup.clients[cid]
+        received = transport.send(server_round, cid, "down", messages.pop(cid))
+        reply = strategy.client_round(client, received)
+        row: dict[str, Any] = {"client": cid, "compute_s": reply.metrics.get("compute_s", 0.0),
+                               "train_loss": reply.metrics.get("train_loss")}
+        fault = draw_fault(config.faults, config.seed, server_round, cid)
+        outcome = upload(transport, server_round, cid, reply, fault)
+        reason = outcome.dropped or outcome.rejected
+        if outcome.dropped:
+            dropped.append({"client": cid, "reason": outcome.dropped})
+        elif outcome.rejected:
+            strategy.aggregate_reject(cid, outcome.rejected)
+        else:
+            assert outcome.message is not None
+            reason = strategy.aggregate_add(cid, outcome.message)
+            if reason is None:
+                got = outcome.message
+                arrived[cid] = Message(config=got.config, num_examples=got.num_examples, metrics=got.metrics)
+        if reason is not None:
+            row["status"] = f"dropped: {reason}" if outcome.dropped else f"rejected: {reason}"
+        per_client.append(row)
+        if progress:
+            progress("client", done + 1, len(sampled))
+    if dropped:
+        logger.info("round %d: %d client(s) dropped: %s", server_round, len(dropped), dropped)
+    return arrived, per_client, {**strategy.aggregate_end(server_round), "dropped": dropped}
+
+
+def _config_json(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def _checkpoint_to_resume(config: RunConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The run's last complete checkpoint (None: none yet); refuses one of another config."""
+    state = latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    if state is None:
+        logger.warning("No complete checkpoint in %s; starting the run over.", out_dir / CHECKPOINT_DIR)
+        return None
+    if state["config_json"] != _config_json(config):
+        saved, now = json.loads(state["config_json"]), json.loads(_config_json(config))
+        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        raise ResumeError(
+            f"{out_dir}/config.yaml differs from the config its checkpoint of round {state['round']} "
+            f"was written with (sections {diff}); resume with the original config.yaml."
+        )
+    return state
+
+
+def _rewrite_metrics(metrics_path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as of the checkpoint (drops rounds written after it), replaced atomically."""
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    tmp.replace(metrics_path)
 
 
 # ---- pieces shared with the Flower ServerApp (ecolora.flower), which writes the same contract ------
