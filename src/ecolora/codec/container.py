@@ -244,10 +244,14 @@ def _encode_tensor(
         return Entry(name, spec, wire, DENSE, RAW, shape, numel), [bits.view(np.uint8)]
     nonzero = (bits if magnitude is None else magnitude) != 0
     nnz = int(np.count_nonzero(nonzero))
-    index = None if nnz in (0, numel) else np.flatnonzero(nonzero)
-    values = bits if index is None else bits.take(index)
-    if nnz == 0:
+    index = None  # flat indices of the non-zeros, when some but not all are
+    if nnz == numel:
+        values = bits
+    elif nnz == 0:
         values = bits[:0]
+    else:
+        index = np.flatnonzero(nonzero)
+        values = bits.take(index)  # gather by index: far faster than a boolean mask here
     # Values: raw, or exponent-coded when it is smaller (or forced).
     vcoding, plan = RAW, None
     value_bytes = nnz * wire.itemsize
@@ -385,7 +389,7 @@ def _decode_tensor(entry: Entry, sections: list[np.ndarray]) -> torch.Tensor:
         else:
             bits = np.zeros(numel, dtype=wire.bits_dtype)
             bits[index] = values
-    if wire.code == 9 and np.any(bits > 1):  # bool
+    if wire.torch_dtype is torch.bool and np.any(bits > 1):
         raise CodecError(f"{what}: bool values must be 0 or 1")
     signed = bits.view(np.int8 if wire.itemsize == 1 else f"<i{wire.itemsize}")
     tensor = torch.from_numpy(signed).view(wire.torch_dtype)

@@ -3,7 +3,7 @@
 The coded set is the minority: the non-zeros when at most half the entries are non-zero, else the
 zeros. With coded density ``p <= 1/2`` the gaps are coded with the Golomb ``M`` whose exact size is
 smaller among Sattler's Rice parameter ``2^b*`` and the optimal ``M`` (see
-:mod:`ecolora.codec.golomb`); both follow from ``p``, and ties keep the Rice code.
+:mod:`ecolora.codec.golomb`); both follow from ``p``, and ties keep the smaller ``M``.
 
 ``M = 1`` (unary, chosen for ``p >= 0.38``) is bit-for-bit the coded-set bitmap cut after its last
 set bit, so it is encoded and decoded as a bitmap, without computing gaps.
