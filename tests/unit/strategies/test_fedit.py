@@ -69,7 +69,7 @@ def test_build_strategy_by_name_and_unknown_name():
     assert build_strategy(RunConfig(method="ffa"), lora_template()).name == "ffa"
     from ecolora.strategies import get_strategy_class
 
-    with pytest.raises(ValueError, match="Unknown method 'fedavg'; known: fedit, ffa, flora"):
+    with pytest.raises(ValueError, match=r"Unknown method .fedavg.; known: .*fedit, ffa"):
         get_strategy_class("fedavg")
 
 
