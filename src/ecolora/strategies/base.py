@@ -262,7 +262,14 @@ class Strategy(ABC):
         return codec.pack(message.tensors, value_dtype=self.wire_dtype, encoding="dense")
 
     def unpack(self, payload: bytes) -> dict[str, torch.Tensor]:
-        return codec.unpack(payload)
+        """Decode a payload; one that declares more than :meth:`max_message_numel` values is a
+        :class:`~ecolora.codec.CodecError` before anything is allocated."""
+        return codec.unpack(payload, max_numel=self.max_message_numel())
+
+    def max_message_numel(self) -> int:
+        """Most values one message of this algorithm can hold (a few bytes of a hostile payload can
+        otherwise declare a sparse tensor of 2**31 zeros). Default: the codec's limit."""
+        return 2**31
 
     @staticmethod
     def pack_config(config: Mapping[str, Any], num_examples: int = 0, metrics: Mapping[str, float] | None = None) -> bytes:

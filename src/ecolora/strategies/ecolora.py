@@ -142,6 +142,10 @@ class EcoLoRA(Strategy):
         """The 1-D pieces of the segment the client was asked for (eq. 2)."""
         return {name: (end - start,) for name, start, end in self.layout.pieces(int(asked["segment"]))}
 
+    def max_message_numel(self) -> int:
+        """Every message carries at most the whole exchanged LoRA (both directions)."""
+        return self.layout.numel
+
     # Streaming step 5: per segment s a running sum S_s = sum_i n_i X_i[s] and W_s = sum_i n_i,
     # X_i = U_i (update) or V_i (params); the segments are disjoint, so all sums together take one
     # LoRA's memory whatever the number of clients.

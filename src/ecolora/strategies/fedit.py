@@ -52,6 +52,10 @@ class FedIT(Strategy):
     def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self.global_state.items()}
 
+    def max_message_numel(self) -> int:
+        """Every message carries at most the whole LoRA (both directions)."""
+        return sum(v.numel() for v in self.initial_lora.values())
+
     # Streaming FedAvg: one running sum S = sum_i n_i P_i and W = sum_i n_i, whatever the clients.
     def fold_begin(self, server_round: int) -> None:
         self._sum = {k: torch.zeros_like(v) for k, v in self.global_state.items()}
