@@ -20,8 +20,16 @@ from ecolora.sim.runner import run_experiment
 from .test_cli_smoke import _check_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERRIDES = ["method=fedit+ecolora", "fed.rounds=2", "fed.num_clients=10", "lora.dropout=0", "train.num_threads=1",
-             "data.limit=120", "data.eval_size=16", "data.max_seq_len=64"]
+OVERRIDES = [
+    "method=fedit+ecolora",
+    "fed.rounds=2",
+    "fed.num_clients=10",
+    "lora.dropout=0",
+    "train.num_threads=1",
+    "data.limit=120",
+    "data.eval_size=16",
+    "data.max_seq_len=64",
+]
 
 
 def _upload_without_timing(record: dict) -> list[int]:
@@ -32,8 +40,12 @@ def _upload_without_timing(record: dict) -> list[int]:
 @pytest.mark.integration
 def test_simulation_engine_with_ten_virtual_clients_matches_in_process(tmp_path):
     out = tmp_path / "flower"
-    run_config = {"config": str(ROOT / "configs" / "smoke.yaml"), "overrides": ";".join(OVERRIDES),
-                  "out-dir": str(out), "round-timeout": 300.0}
+    run_config = {
+        "config": str(ROOT / "configs" / "smoke.yaml"),
+        "overrides": ";".join(OVERRIDES),
+        "out-dir": str(out),
+        "round-timeout": 300.0,
+    }
     home = tmp_path / "flwr-home"
     start = time.perf_counter()
     with Processes(tmp_path / "procs", home) as procs:
@@ -45,11 +57,16 @@ def test_simulation_engine_with_ten_virtual_clients_matches_in_process(tmp_path)
     # `flwr run` exits 0 even when the run failed: judge by the run directory.
     assert (out / "summary.json").is_file(), (proc.stdout[-4000:], superlink.log()[-4000:])
     metrics, summary = _check_run_dir(out, "fedit+ecolora", 2)
-    assert summary["num_clients"] == 10 and all(m["dropped"] == {} for m in metrics)
+    assert summary["num_clients"] == 10 and all(
+        m["dropped"] == m["rejected"] == [] for m in metrics
+    )
 
     config = resolve_settings(run_config).config
     reference = run_experiment(config, tmp_path / "inproc")
-    ref_metrics = [json.loads(line) for line in (tmp_path / "inproc" / "metrics.jsonl").read_text().splitlines()]
+    ref_metrics = [
+        json.loads(line)
+        for line in (tmp_path / "inproc" / "metrics.jsonl").read_text().splitlines()
+    ]
     for key in ("final_eval_loss", "download_bytes", "upload_params", "download_params"):
         assert summary[key] == reference[key], key
     for fr, ir in zip(metrics, ref_metrics, strict=True):
@@ -60,5 +77,7 @@ def test_simulation_engine_with_ten_virtual_clients_matches_in_process(tmp_path)
     a = load_file(out / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "inproc" / "adapter" / "adapter_model.safetensors")
     assert sorted(a) == sorted(b) and all((a[k] == b[k]).all() for k in a)
-    print(f"flower simulation: {flower_s:.1f} s wall, server {summary['wall_s']:.1f} s; "  # noqa: T201
-          f"in-process {reference['wall_s']:.1f} s")
+    print(
+        f"flower simulation: {flower_s:.1f} s wall, server {summary['wall_s']:.1f} s; "  # noqa: T201
+        f"in-process {reference['wall_s']:.1f} s"
+    )

@@ -15,16 +15,13 @@ _EXPORTS = {
     "EcoloraFlowerStrategy": "ecolora.flower.strategy",
     "FlowerSettings": "ecolora.flower.settings",
     "PayloadError": "ecolora.flower.records",
-    "ReplyError": "ecolora.flower.validate",
     "WireMessage": "ecolora.flower.records",
     "decode_message": "ecolora.flower.records",
     "encode_message": "ecolora.flower.records",
-    "expected_reply_shapes": "ecolora.flower.validate",
     "generate_certificates": "ecolora.flower.certs",
     "load_state": "ecolora.flower.records",
     "resolve_settings": "ecolora.flower.settings",
     "save_state": "ecolora.flower.records",
-    "validate_reply": "ecolora.flower.validate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,11 +28,26 @@ def _roundtrip(content: RecordDict) -> RecordDict:
 
 
 class InlineGrid(Grid):
-    def __init__(self, client_app: ClientApp, node_configs: Mapping[int, dict[str, Any]], run_config: dict[str, Any]):
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_configs: Mapping[int, dict[str, Any]],
+        run_config: dict[str, Any],
+    ):
         self.client_app = client_app
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1  # the "SuperLink" side
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = (
+            1,
+            1,
+            1,
+        )  # the "SuperLink" side
         self.contexts = {
-            node_id: Context(run_id=1, node_id=node_id, node_config=dict(cfg), state=RecordDict(), run_config=dict(run_config))
+            node_id: Context(
+                run_id=1,
+                node_id=node_id,
+                node_config=dict(cfg),
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
             for node_id, cfg in node_configs.items()
         }
         self.sent: list[Message] = []
@@ -45,7 +60,13 @@ class InlineGrid(Grid):
         raise NotImplementedError
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+        return Message(
+            content=content,
+            dst_node_id=dst_node_id,
+            message_type=message_type,
+            group_id=group_id,
+            ttl=ttl,
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
@@ -56,7 +77,9 @@ class InlineGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         raise NotImplementedError
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         replies = []
         for msg in messages:
             self.sent.append(msg)

@@ -1,0 +1,67 @@
+"""Run-config mapping and client sampling parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecolora.config import ConfigError, load_config
+from ecolora.flower.settings import find_config_file, resolve_settings, split_overrides
+from ecolora.sim.runner import sample_clients
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_run_config_keys_map_onto_the_ecolora_config(tmp_path):
+    settings = resolve_settings(
+        {
+            "config": "configs/smoke.yaml",
+            "overrides": "method=fedit+ecolora; fed.rounds=2 ;",
+            "out-dir": str(tmp_path),
+            "round-timeout": 30,
+            "node-wait": 5.5,
+            "test-corrupt-partition": 1,
+            "test-corrupt-mode": "shape",
+        },
+        search=[ROOT],
+    )
+    expected = load_config(
+        ROOT / "configs" / "smoke.yaml", ["method=fedit+ecolora", "fed.rounds=2"]
+    )
+    assert settings.config == expected
+    assert (settings.out_dir, settings.round_timeout_s, settings.node_wait_s) == (
+        tmp_path,
+        30.0,
+        5.5,
+    )
+    assert (settings.corrupt_partition, settings.corrupt_mode) == (1, "shape")
+    assert resolve_settings({}).config == load_config(None)  # no preset: the defaults
+    assert split_overrides(" a=1;;b.c=2 ") == ["a=1", "b.c=2"]
+
+
+def test_run_config_errors_say_what_is_valid(tmp_path):
+    with pytest.raises(
+        ValueError, match="Unknown run-config key\\(s\\) rounds; valid keys: config, node-wait"
+    ):
+        resolve_settings({"rounds": 2})
+    with pytest.raises(ValueError, match="`config` file 'nope.yaml' not found in"):
+        resolve_settings({"config": "nope.yaml"}, search=[tmp_path])
+    with pytest.raises(ValueError, match="`config` file /nonexistent/x.yaml does not exist"):
+        find_config_file("/nonexistent/x.yaml")
+    with pytest.raises(ConfigError, match="Unknown key\\(s\\) fed.roundz"):
+        resolve_settings({"overrides": "fed.roundz=2"})
+    with pytest.raises(ValueError, match="`round-timeout` must be > 0 seconds, got 0.0"):
+        resolve_settings({"round-timeout": 0})
+    with pytest.raises(
+        ValueError, match="`test-corrupt-mode` must be one of bytes, shape, got 'x'"
+    ):
+        resolve_settings({"test-corrupt-mode": "x"})
+
+
+def test_sampling_matches_the_in_process_draw():
+    """The ServerApp and run_experiment share sample_clients and the seeded generator."""
+    rng, ref = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(3):
+        assert sample_clients(rng, 10, 4) == [int(c) for c in ref.choice(10, size=4, replace=False)]
