@@ -183,43 +183,74 @@ class FloraConfig:
 class FlascConfig:
     """FLASC / CELLM sparse LoRA communication (Kuo et al. 2024): dense local training, top-k messages."""
 
-    download_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent server->client."})
-    upload_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent client->server."})
-    error_feedback: bool = field(default=False, metadata={"help": "Keep residuals of what top-k dropped."})
+    download_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent server->client (top-k of the global LoRA)."})
+    upload_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent client->server (top-k of the update)."})
+    error_feedback: bool = field(default=False, metadata={"help": "Clients keep residuals of what upload top-k dropped."})
+    scope: str = field(default="tensor", metadata={"help": "tensor (each LoRA matrix keeps its share) or global (one threshold over all)."})
 
     def __post_init__(self) -> None:
-        _in_range("flasc.download_density", self.download_density, 0.0, 1.0)
-        _in_range("flasc.upload_density", self.upload_density, 0.0, 1.0)
+        for name in ("download_density", "upload_density"):
+            value = getattr(self, name)
+            _check(0.0 < value <= 1.0, f"`flasc.{name}` must be in (0, 1], got {value}.")
+        _check(self.scope in ("tensor", "global"), f"`flasc.scope` must be tensor or global, got {self.scope!r}.")
 
 
 @dataclass
 class HierConfig:
     """HierFedLoRA (Liu et al. 2025): near-IID client groups, per-group frequency and depth."""
 
-    num_groups: int = field(default=2, metadata={"help": "Client groups formed to be near-IID."})
+    num_groups: int = field(default=2, metadata={"help": "Client groups formed to be near-IID (<= fed.num_clients)."})
+    divergence: str = field(default="kl", metadata={"help": "Group-vs-global category divergence the grouping minimises: kl or tv."})
     intra_rounds: int | None = field(default=None, metadata={"help": "tau_g for all groups (null: set by the controller)."})
-    depth: int | None = field(default=None, metadata={"help": "Top layers d_g trained by every group (null: controller)."})
-    max_intra_rounds: int = field(default=3, metadata={"help": "Upper bound on tau_g for the controller."})
-    intra_uplink_mbps: float | None = field(default=None, metadata={"help": "Intra-group link speed (null: same as clients)."})
+    depth: int | None = field(default=None, metadata={"help": "Top layers d_g trained by every group (null: set by the controller)."})
+    max_intra_rounds: int = field(default=3, metadata={"help": "Upper bound on tau_g for the controller; higher: more intra-group traffic."})
+    budget: float | None = field(default=None, metadata={"help": "Layer-rounds per client per global round, tau_g * d_g <= budget (null: the number of LoRA layers)."})
+    intra_link: str | None = field(default=None, metadata={"help": "Intra-group link as uplink/downlink Mbps, e.g. 20/100 (null: each client's own link)."})
 
     def __post_init__(self) -> None:
         _check(self.num_groups >= 1, f"`hier.num_groups` must be >= 1, got {self.num_groups}.")
+        _check(self.divergence in ("kl", "tv"), f"`hier.divergence` must be kl or tv, got {self.divergence!r}.")
         _check(self.max_intra_rounds >= 1, f"`hier.max_intra_rounds` must be >= 1, got {self.max_intra_rounds}.")
+        for name in ("intra_rounds", "depth"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"`hier.{name}` must be >= 1 or null, got {value}.")
+        _check(self.budget is None or self.budget >= 1, f"`hier.budget` must be >= 1 (layer-rounds) or null, got {self.budget}.")
+        if self.intra_link is not None:
+            from ecolora.network.link import parse_scenario
+
+            try:
+                parse_scenario(self.intra_link)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"`hier.intra_link` must look like UPLINK/DOWNLINK in Mbps (e.g. 20/100), got {self.intra_link!r}.") from exc
 
 
 @dataclass
 class FedBuffConfig:
-    """FedBuff (Nguyen et al., AISTATS 2022): asynchronous buffered aggregation."""
+    """FedBuff (Nguyen et al., AISTATS 2022): asynchronous buffered aggregation in simulated time."""
 
     buffer_size: int = field(default=3, metadata={"help": "M: aggregate as soon as M updates arrived."})
-    concurrency: int = field(default=5, metadata={"help": "Clients training at the same time."})
-    staleness_exponent: float = field(default=0.5, metadata={"help": "Stale updates weighted by (1 + s)^-a."})
-    speed_sigma: float = field(default=0.5, metadata={"help": "Log-normal spread of client speeds."})
+    concurrency: int = field(default=5, metadata={"help": "Clients training at the same time (<= fed.num_clients)."})
+    staleness_exponent: float = field(default=0.5, metadata={"help": "Stale updates weighted by (1 + s)^-a; 0.5 is the paper's 1/sqrt(1 + s)."})
+    speed_sigma: float = field(default=0.5, metadata={"help": "Log-normal spread of client compute speeds (0: all alike)."})
+    link: str | None = field(default=None, metadata={"help": "Median client link, uplink/downlink Mbps (null: the first of network.scenarios)."})
+    link_sigma: float = field(default=0.5, metadata={"help": "Log-normal spread of client link rates (0: all alike)."})
+    step_time_s: float | None = field(default=None, metadata={"help": "Seconds per local step of the median device (null: measured compute; set it for a reproducible event order)."})
     server_lr: float = field(default=1.0, metadata={"help": "Server step on the buffered mean update."})
 
     def __post_init__(self) -> None:
         _check(self.buffer_size >= 1, f"`fedbuff.buffer_size` must be >= 1, got {self.buffer_size}.")
         _check(self.concurrency >= 1, f"`fedbuff.concurrency` must be >= 1, got {self.concurrency}.")
+        for name in ("staleness_exponent", "speed_sigma", "link_sigma"):
+            _check(getattr(self, name) >= 0, f"`fedbuff.{name}` must be >= 0, got {getattr(self, name)}.")
+        _check(self.server_lr > 0, f"`fedbuff.server_lr` must be > 0, got {self.server_lr}.")
+        _check(self.step_time_s is None or self.step_time_s > 0, f"`fedbuff.step_time_s` must be > 0 or null, got {self.step_time_s}.")
+        if self.link is not None:
+            from ecolora.network.link import parse_scenario
+
+            try:
+                parse_scenario(self.link)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"`fedbuff.link` must look like UPLINK/DOWNLINK in Mbps (e.g. 1/5), got {self.link!r}.") from exc
 
 
 @dataclass
@@ -285,6 +316,7 @@ class RunConfig:
                 self.ecolora.num_segments <= self.fed.clients_per_round,
                 f"`ecolora.num_segments` must be <= clients per round ({self.fed.clients_per_round}), got {self.ecolora.num_segments}.",
             )
+        _check_method_sections(self, base, wrapper)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,6 +324,17 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         return _build(cls, data, prefix="")
+
+
+def _check_method_sections(config: RunConfig, base: str, wrapper: str) -> None:
+    """Checks that tie a method's own section to the rest of the config (flasc, hierfedlora, fedbuff)."""
+    _check(not (base == "flasc" and wrapper), "`flasc` already sparsifies both directions; `flasc+ecolora` is not a method (use flasc, or fedit+ecolora).")
+    if base == "hierfedlora":
+        _check(config.hier.num_groups <= config.fed.num_clients, f"`hier.num_groups` must be <= fed.num_clients ({config.fed.num_clients}), got {config.hier.num_groups}.")
+    if base == "fedbuff":
+        _check(config.fedbuff.concurrency <= config.fed.num_clients, f"`fedbuff.concurrency` must be <= fed.num_clients ({config.fed.num_clients}), got {config.fedbuff.concurrency}.")
+        _check(config.fedbuff.link is not None or len(config.network.scenarios) > 0, "`fedbuff` needs a client link: set fedbuff.link (e.g. 1/5) or network.scenarios.")
+        _check(not wrapper or config.ecolora.sparsify == "update", f"`fedbuff+ecolora` needs ecolora.sparsify=update (asynchronous updates are deltas), got {config.ecolora.sparsify!r}.")
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:

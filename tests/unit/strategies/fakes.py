@@ -57,3 +57,20 @@ class FakeRuntime:
                 self.lora[k] = self.lora[k] + self.step * (self.client_id + 1)
         return TrainResult(train_loss=2.0 - 0.1 * server_round, initial_loss=2.5, num_examples=self.num_examples,
                            num_steps=1, compute_s=0.01)
+
+
+@dataclass
+class NoisyRuntime(FakeRuntime):
+    """Like FakeRuntime, plus seeded per-(client, round) noise, so that top-k has no ties."""
+
+    calls: int = 0
+
+    def train(self, server_round, config):
+        result = super().train(server_round, config)
+        g = torch.Generator().manual_seed(1000 * self.client_id + int(server_round))
+        for k in sorted(self.lora):
+            noise = torch.randn(self.lora[k].shape, generator=g)
+            if k not in self.frozen:
+                self.lora[k] = self.lora[k] + noise
+        self.calls += 1
+        return result

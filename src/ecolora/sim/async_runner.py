@@ -1,0 +1,261 @@
+"""FedBuff's event loop in simulated time (Nguyen et al., AISTATS 2022), in one process.
+
+Time is simulated, training is real. A job is one client's download, local training and upload:
+
+1. Dispatch at time t0: an idle client, drawn uniformly with the run's seeded generator, gets the
+   current model version (its message crosses :class:`~ecolora.sim.transport.InProcessTransport`
+   and is counted). It trains at once (real compute); the job then *arrives* at
+       t0 + T_down + T_compute + T_up,
+   T_down and T_up from :func:`ecolora.network.tcp_transfer_time_s` over the client's link
+   (``assign_profiles`` with :class:`~ecolora.network.LogNormalProfiles` around ``fedbuff.link``,
+   spread ``fedbuff.link_sigma``), T_compute = the measured compute time x ``network.compute_scale``
+   (or ``fedbuff.step_time_s`` x local steps) x the client's speed factor e^{sigma z_i},
+   z_i ~ N(0, 1) from ``np.random.default_rng([seed, i, 1])``, sigma = ``fedbuff.speed_sigma``.
+2. ``fedbuff.concurrency`` jobs are in flight at any time: each arrival frees its client and a
+   new job is dispatched at the arrival time (with the model version of that moment).
+3. Arrivals are processed in time order (ties: dispatch order); each upload crosses the transport
+   when it arrives. When ``fedbuff.buffer_size`` updates are in, the server takes one step
+   (:class:`~ecolora.strategies.fedbuff.FedBuff`) and writes one metrics.jsonl row.
+
+A "round" of the run directory is one server step: ``fed.rounds`` steps are taken. Each row adds
+``sim_time_s`` (simulated time of the step) and ``staleness``; its bytes are those recorded during
+the step (downloads when dispatched, uploads when they arrive); ``net[link]`` has ``round_s`` (the
+step's simulated duration) and the download/compute/upload time of the job that completed the
+buffer within the step (its critical path). Jobs still in flight at the end are not waited for:
+their downloads count, their uploads never happen (``jobs_discarded`` in summary.json). With the
+measured compute time the event order depends on the machine's speed; set ``fedbuff.step_time_s``
+for a run that repeats exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecolora.config import RunConfig
+from ecolora.network import (
+    LinkProfile,
+    LogNormalProfiles,
+    assign_profiles,
+    parse_scenario,
+    scenario_key,
+)
+from ecolora.network.ledger import ByteLedger
+from ecolora.network.tcp import tcp_transfer_time_s
+from ecolora.sim.runner import (
+    ProgressHook,
+    evaluate_global,
+    finish_round,
+    finish_run,
+    start_run_dir,
+)
+from ecolora.sim.setup import RunSetup, build_setup
+from ecolora.sim.transport import InProcessTransport
+from ecolora.strategies.base import Message, Strategy
+from ecolora.strategies.fedbuff import build_fedbuff
+
+logger = logging.getLogger("ecolora")
+
+__all__ = ["client_speeds", "play_async", "run_async", "warn_unsupported", "without_network_scenarios", "write_summary_extras"]
+
+
+@dataclass(order=True)
+class _Job:
+    """One dispatch: when it arrives, its phases' durations and the (already computed) reply."""
+
+    arrival_s: float
+    job_id: int
+    client: int = field(compare=False)
+    dispatch_s: float = field(compare=False)
+    download_s: float = field(compare=False)
+    compute_s: float = field(compare=False)
+    upload_s: float = field(compare=False)
+    measured_compute_s: float = field(compare=False)
+    reply: Message = field(compare=False, repr=False)
+
+
+StepHook = Callable[[list[_Job], dict[int, Message], float], None]
+
+
+def client_speeds(config: RunConfig) -> tuple[str, dict[int, LinkProfile], dict[int, float]]:
+    """(link label, per-client link profile, per-client compute-time factor), seeded."""
+    fb = config.fedbuff
+    median = parse_scenario(fb.link if fb.link is not None else config.network.scenarios[0])
+    ids = range(config.fed.num_clients)
+    spec = LogNormalProfiles(median, sigma=fb.link_sigma) if fb.link_sigma > 0 else median
+    links = assign_profiles(ids, spec, seed=config.seed)
+    factors = {cid: math.exp(fb.speed_sigma * float(np.random.default_rng([config.seed, cid, 1]).standard_normal()))
+               for cid in ids}
+    return scenario_key(median), links, factors
+
+
+class _EventLoop:
+    """Idle clients, jobs in flight (a heap by arrival time) and the dispatch step."""
+
+    def __init__(self, config: RunConfig, setup: RunSetup, transport: InProcessTransport, ledger: ByteLedger) -> None:
+        self.config, self.setup, self.transport, self.ledger = config, setup, transport, ledger
+        self.rng = np.random.default_rng(config.seed)
+        self.link_key, self.links, self.factors = client_speeds(config)
+        self.idle = set(range(config.fed.num_clients))
+        self.in_flight: list[_Job] = []
+        self.num_jobs = 0
+        self.step = 0  # server steps taken
+        self.last_metrics: dict[str, Any] = {}
+
+    def dispatch(self, now: float) -> None:
+        strategy = self.setup.strategy
+        cid = int(self.rng.choice(sorted(self.idle)))
+        self.idle.remove(cid)
+        message = strategy.configure_round(self.step + 1, [cid])[cid]
+        received = self.transport.send(self.step + 1, cid, "down", message)
+        download_bytes = self.ledger.entries[-1].num_bytes
+        reply = strategy.client_round(self.setup.clients[cid], received)
+        upload_bytes = len(strategy.pack(reply, "up")) + len(Strategy.pack_config(reply.config, reply.num_examples, reply.metrics))
+        link = self.links[cid]
+        down_s = tcp_transfer_time_s(download_bytes, link.downlink_mbps, link.latency_ms,
+                                     reverse_rate_mbps=link.uplink_mbps, loss=link.loss)
+        up_s = tcp_transfer_time_s(upload_bytes, link.uplink_mbps, link.latency_ms,
+                                   reverse_rate_mbps=link.downlink_mbps, loss=link.loss)
+        measured = float(reply.metrics.get("compute_s", 0.0))
+        step_time = self.config.fedbuff.step_time_s
+        base_s = step_time * float(reply.metrics.get("num_steps", 1.0)) if step_time else measured * self.config.network.compute_scale
+        compute_s = base_s * self.factors[cid]
+        job = _Job(now + down_s + compute_s + up_s, self.num_jobs, cid, now, down_s, compute_s, up_s, measured, reply)
+        heapq.heappush(self.in_flight, job)
+        self.num_jobs += 1
+
+    def next_arrival(self) -> _Job:
+        job = heapq.heappop(self.in_flight)
+        self.idle.add(job.client)
+        return job
+
+
+def play_async(loop: _EventLoop, rounds: int, buffer_size: int, on_step: StepHook,
+               progress: ProgressHook | None = None) -> float:
+    """Run the event loop until ``rounds`` server steps are taken; return the final simulated time.
+
+    ``on_step(jobs, buffer, now)`` is called once per full buffer, right after the server step
+    (``loop.step`` already counts it), with the buffered jobs in arrival order.
+    """
+    strategy = loop.setup.strategy
+    buffer: dict[int, Message] = {}
+    jobs: list[_Job] = []
+    now = 0.0
+    for _ in range(loop.config.fedbuff.concurrency):
+        loop.dispatch(now)
+    while loop.step < rounds:
+        # ---- the next arrival crosses the transport and joins the buffer ------------------------
+        job = loop.next_arrival()
+        now = job.arrival_s
+        buffer[job.job_id] = loop.transport.send(loop.step + 1, job.client, "up", job.reply)
+        jobs.append(job)
+        if progress:
+            progress("client", len(buffer), buffer_size)
+        # ---- a full buffer: one server step --------------------------------------------------
+        if len(buffer) == buffer_size:
+            loop.step += 1
+            loop.last_metrics = strategy.aggregate_round(loop.step, buffer)
+            on_step(jobs, buffer, now)
+            buffer, jobs = {}, []
+            if progress:
+                progress("round", loop.step, rounds)
+        if loop.step < rounds:
+            loop.dispatch(now)
+    return now
+
+
+def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run ``fedbuff`` / ``fedbuff+ecolora`` and write the run directory; return the summary."""
+    wall_start = time.perf_counter()
+    warn_unsupported(config, resume)
+    out_dir = Path(out_dir)
+    metrics_path = start_run_dir(config, out_dir)
+    setup = build_setup(config)
+    setup.strategy = build_fedbuff(config, setup.strategy.initial_lora)
+    ledger = ByteLedger()
+    loop = _EventLoop(config, setup, InProcessTransport(setup.strategy, ledger), ledger)
+    quiet = without_network_scenarios(config)
+    initial_eval = evaluate_global(setup)
+    logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
+    history: list[dict[str, Any]] = []
+
+    def on_step(jobs: list[_Job], buffer: dict[int, Message], now: float) -> None:
+        start = history[-1]["sim_time_s"] if history else 0.0
+        record = _step_record(quiet, setup, ledger, loop, jobs, buffer, loop.last_metrics, (start, now))
+        history.append(record)
+        with metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    now = play_async(loop, config.fed.rounds, config.fedbuff.buffer_size, on_step, progress)
+    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start)
+    staleness = [s for r in history for s in r.get("staleness", [])]
+    return write_summary_extras(out_dir, summary, {
+        "sim_time_s": now, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
+        "jobs_discarded": len(loop.in_flight), "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+    })
+
+
+def _step_record(
+    config: RunConfig, setup: RunSetup, ledger: ByteLedger, loop: _EventLoop, jobs: list[_Job],
+    buffer: dict[int, Message], metrics: dict[str, Any], window: tuple[float, float],
+) -> dict[str, Any]:
+    """finish_round's record of one server step plus ``sim_time_s`` and the step's critical path."""
+    per_client = []
+    for cid in sorted(ledger.per_client(loop.step)):  # every client with traffic in this step
+        mine = [j for j in jobs if j.client == cid]
+        per_client.append({
+            "client": cid, "compute_s": float(sum(j.measured_compute_s for j in mine)),
+            "sim_compute_s": float(sum(j.compute_s for j in mine)),
+            "train_loss": mine[-1].reply.metrics.get("train_loss") if mine else None,
+        })
+    metrics = {**metrics, "dropped": []}
+    record = finish_round(config, setup, ledger, loop.step, [j.client for j in jobs], buffer, per_client, metrics)
+    start, end = window
+    last = jobs[-1]
+    phases = np.cumsum([last.dispatch_s, last.download_s, last.compute_s, last.upload_s])
+    download_s, compute_s, upload_s = (_overlap(phases[i], phases[i + 1], start, end) for i in range(3))
+    record["sim_time_s"] = end
+    record["net"] = {loop.link_key: {
+        "round_s": end - start, "comm_s": download_s + upload_s, "download_s": download_s,
+        "compute_s": compute_s, "upload_s": upload_s, "critical_client": last.client,
+    }}
+    return record
+
+
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    return float(max(0.0, min(b, hi) - max(a, lo)))
+
+
+# ---- helpers shared with the hierarchical runner ------------------------------------------------
+def without_network_scenarios(config: RunConfig) -> RunConfig:
+    """``config`` without synchronous-round timings (these loops time their rounds themselves)."""
+    fedbuff = config.fedbuff
+    if fedbuff.link is None and config.network.scenarios:
+        fedbuff = dataclasses.replace(fedbuff, link=config.network.scenarios[0])
+    return dataclasses.replace(config, fedbuff=fedbuff, network=dataclasses.replace(config.network, scenarios=[]))
+
+
+def write_summary_extras(out_dir: Path, summary: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
+    """Add method-specific totals to summary.json (after :func:`finish_run` wrote it)."""
+    summary = {**summary, **extras}
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def warn_unsupported(config: RunConfig, resume: bool) -> None:
+    """Say which run options these loops do not implement (checkpoints, client faults)."""
+    if resume:
+        logger.warning("%s has no checkpoints yet; --resume starts the run over.", config.method)
+    faults = config.faults
+    if faults.dropout or faults.straggler or faults.upload_failure:
+        logger.warning("faults.dropout/straggler/upload_failure are ignored by %s.", config.method)

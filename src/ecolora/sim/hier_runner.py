@@ -1,0 +1,199 @@
+"""HierFedLoRA's global rounds in one process: groups, intra-group rounds, then the server.
+
+Global round t (see :mod:`ecolora.strategies.hierfedlora` for the algorithm):
+
+1. Sample ``fed.clients_per_round`` clients as the synchronous runner does; each group's sampled
+   members take part, led by the one with most examples.
+2. Per group: server -> leader (``global`` channel), tau_g x [leader -> members, local training,
+   members -> leader] (``group`` channel; the leader's own messages stay on the device),
+   leader -> server (``global``). Every message crosses the transport and the ledger.
+3. The server aggregates the group updates; one metrics.jsonl row per global round.
+
+The row's bytes include both channels (``upload_bytes`` = all uploads); ``intra_group_bytes``,
+``intra_group_upload_bytes`` and ``intra_group_download_bytes`` give the ``group`` part, and
+``groups`` lists each active group's leader, members, tau_g and d_g. ``groups.json`` in the run
+directory holds the grouping and the controller's choices.
+
+Round time per scenario (``net``), analytic TCP model: groups run in parallel, a round lasts as
+long as its slowest group,
+
+    T_g = T_down(leader, global link) + sum_r round_s_r + T_up(leader, global link),
+
+with round_s_r the synchronous round time (:func:`ecolora.network.round_timing`) of intra round r
+over the intra-group links (``hier.intra_link``, or each member's own link), the leader counted
+with zero bytes; ``comm_s`` = T_g minus the critical members' compute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecolora.config import RunConfig
+from ecolora.network import assign_profiles, parse_scenario, round_timing
+from ecolora.network.ledger import ByteLedger
+from ecolora.network.runs import normalize_scenarios
+from ecolora.network.tcp import tcp_transfer_time_s
+from ecolora.sim.async_runner import (
+    warn_unsupported,
+    without_network_scenarios,
+    write_summary_extras,
+)
+from ecolora.sim.runner import (
+    ProgressHook,
+    evaluate_global,
+    finish_round,
+    finish_run,
+    sample_clients,
+    start_run_dir,
+)
+from ecolora.sim.setup import build_setup
+from ecolora.sim.transport import InProcessTransport
+from ecolora.strategies.base import Message
+from ecolora.strategies.grouping import category_counts
+from ecolora.strategies.hierfedlora import HierFedLoRA, build_hierfedlora
+
+logger = logging.getLogger("ecolora")
+
+__all__ = ["hier_round_timing", "run_hierarchical"]
+
+# One group's traffic in a global round: global legs (bytes) and per intra round the members' rows.
+GroupTraffic = dict[str, Any]
+
+
+def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | None = None,
+                     resume: bool = False) -> dict[str, Any]:
+    """Run ``hierfedlora`` / ``hierfedlora+ecolora`` and write the run directory; return the summary."""
+    wall_start = time.perf_counter()
+    warn_unsupported(config, resume)
+    out_dir = Path(out_dir)
+    metrics_path = start_run_dir(config, out_dir)
+    setup = build_setup(config)
+    strategy = build_hierfedlora(config, setup.strategy.initial_lora)
+    assert isinstance(strategy, HierFedLoRA)
+    setup.strategy = strategy
+    plans = strategy.form_groups(category_counts(setup.partition_stats))
+    (out_dir / "groups.json").write_text(json.dumps([p.to_dict() for p in plans], indent=2), encoding="utf-8")
+    ledger = ByteLedger()
+    transport = InProcessTransport(strategy, ledger)
+    rng = np.random.default_rng(config.seed)
+    quiet = without_network_scenarios(config)
+    sizes = {c.client_id: c.num_examples for c in setup.clients}
+    initial_eval = evaluate_global(setup)
+    logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
+    history: list[dict[str, Any]] = []
+    for server_round in range(1, config.fed.rounds + 1):
+        sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
+        groups = strategy.round_groups(sampled, sizes)
+        downs = strategy.configure_round(server_round, [members[0] for members in groups.values()])
+        uploads: dict[int, Message] = {}
+        last_replies: dict[int, Message] = {}
+        traffic: dict[int, GroupTraffic] = {}
+        for g, members in groups.items():
+            uploads[members[0]], traffic[g] = _group_round(
+                strategy, setup, transport, ledger, server_round, g, members, downs[members[0]], last_replies, progress)
+        metrics = strategy.aggregate_round(server_round, uploads)
+        record = _round_record(quiet, setup, ledger, server_round, sampled, last_replies, traffic, metrics)
+        if config.network.scenarios:
+            record["net"] = {key: hier_round_timing(traffic, spec, config).to_dict()
+                             for key, spec in normalize_scenarios(config.network.scenarios).items()}
+        history.append(record)
+        with metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if progress:
+            progress("round", server_round, config.fed.rounds)
+    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start)
+    return write_summary_extras(out_dir, summary, {
+        "intra_group_bytes": int(sum(r["intra_group_bytes"] for r in history)),
+        "groups": [p.to_dict() for p in plans],
+    })
+
+
+def _group_round(
+    strategy: HierFedLoRA, setup: Any, transport: InProcessTransport, ledger: ByteLedger, server_round: int,
+    group: int, members: list[int], down: Message, last_replies: dict[int, Message], progress: ProgressHook | None,
+) -> tuple[Message, GroupTraffic]:
+    """One group's part of a global round; returns the leader's upload and the group's traffic."""
+    leader = members[0]
+    received = transport.send(server_round, leader, "down", down)
+    traffic: GroupTraffic = {"leader": leader, "down_bytes": ledger.entries[-1].num_bytes, "intra": []}
+    strategy.start_group(setup.clients[leader], received)
+    for intra_round in range(1, strategy.plans[group].intra_rounds + 1):
+        messages = strategy.configure_intra(server_round, intra_round, group, members)
+        replies: dict[int, Message] = {}
+        rows = []
+        for cid in members:
+            row = {"client": cid, "download_bytes": 0, "upload_bytes": 0}
+            message = messages.pop(cid)
+            if cid != leader:
+                message = transport.send(server_round, cid, "down", message, channel="group")
+                row["download_bytes"] = ledger.entries[-1].num_bytes
+            reply = strategy.client_round(setup.clients[cid], message)
+            if cid != leader:
+                reply = transport.send(server_round, cid, "up", reply, channel="group")
+                row["upload_bytes"] = ledger.entries[-1].num_bytes
+            row["compute_s"] = float(reply.metrics.get("compute_s", 0.0))
+            replies[cid] = last_replies[cid] = reply
+            rows.append(row)
+            if progress:
+                progress("client", len(rows), len(members))
+        strategy.aggregate_intra(group, replies)
+        traffic["intra"].append(rows)
+    upload = transport.send(server_round, leader, "up", strategy.close_group(setup.clients[leader], server_round, group))
+    traffic["up_bytes"] = ledger.entries[-1].num_bytes
+    return upload, traffic
+
+
+def _round_record(
+    config: RunConfig, setup: Any, ledger: ByteLedger, server_round: int, sampled: list[int],
+    last_replies: dict[int, Message], traffic: dict[int, GroupTraffic], metrics: dict[str, Any],
+) -> dict[str, Any]:
+    strategy: HierFedLoRA = setup.strategy
+    per_client = []
+    for cid in sorted(last_replies):
+        rounds = [row for t in traffic.values() for rows in t["intra"] for row in rows if row["client"] == cid]
+        per_client.append({"client": cid, "compute_s": float(sum(r["compute_s"] for r in rounds)),
+                           "train_loss": last_replies[cid].metrics.get("train_loss")})
+    groups = [{"group": g, "leader": t["leader"], "members": [r["client"] for r in t["intra"][0]],
+               "intra_rounds": strategy.plans[g].intra_rounds, "depth": strategy.plans[g].depth}
+              for g, t in traffic.items()]
+    metrics = {**metrics, "groups": groups, "dropped": []}
+    record = finish_round(config, setup, ledger, server_round, sampled, last_replies, per_client, metrics)
+    intra = {"up": 0, "down": 0}
+    for e in ledger.entries:
+        if e.server_round == server_round and e.channel == "group":
+            intra[e.direction] += e.num_bytes
+    record.update(intra_group_bytes=intra["up"] + intra["down"], intra_group_upload_bytes=intra["up"],
+                  intra_group_download_bytes=intra["down"])
+    return record
+
+
+def hier_round_timing(traffic: dict[int, GroupTraffic], spec: Any, config: RunConfig) -> Any:
+    """Round time of one global round (module docstring) under link spec ``spec``."""
+    from ecolora.network import RoundTiming
+
+    clients = sorted({row["client"] for t in traffic.values() for rows in t["intra"] for row in rows})
+    links = assign_profiles(clients, spec, seed=config.seed)
+    intra_spec = parse_scenario(config.hier.intra_link) if config.hier.intra_link else None
+    scale = config.network.compute_scale
+    best: RoundTiming | None = None
+    for t in traffic.values():
+        leader = links[t["leader"]]
+        down_s = tcp_transfer_time_s(t["down_bytes"], leader.downlink_mbps, leader.latency_ms,
+                                     reverse_rate_mbps=leader.uplink_mbps, loss=leader.loss)
+        up_s = tcp_transfer_time_s(t["up_bytes"], leader.uplink_mbps, leader.latency_ms,
+                                   reverse_rate_mbps=leader.downlink_mbps, loss=leader.loss)
+        total, download, compute, upload = down_s + up_s, down_s, 0.0, up_s
+        for rows in t["intra"]:
+            timing = round_timing(rows, intra_spec or links, compute_scale=scale)
+            total += timing.round_s
+            download, compute, upload = download + timing.download_s, compute + timing.compute_s, upload + timing.upload_s
+        if best is None or total > best.round_s:
+            best = RoundTiming(comm_s=total - compute, round_s=total, download_s=download, compute_s=compute,
+                               upload_s=upload, critical_client=t["leader"])
+    return best or RoundTiming(comm_s=0.0, round_s=0.0)
