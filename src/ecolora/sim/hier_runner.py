@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from ecolora.config import RunConfig
-from ecolora.network import assign_profiles, parse_scenario, round_timing
+from ecolora.network import RoundTiming, assign_profiles, parse_scenario, round_timing
 from ecolora.network.ledger import ByteLedger
+from ecolora.network.link import ProfileSpec
 from ecolora.network.runs import normalize_scenarios
 from ecolora.network.tcp import tcp_transfer_time_s
 from ecolora.sim.async_runner import (
@@ -52,7 +53,7 @@ from ecolora.sim.runner import (
     sample_clients,
     start_run_dir,
 )
-from ecolora.sim.setup import build_setup
+from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies.base import Message
 from ecolora.strategies.grouping import category_counts
@@ -115,7 +116,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
 
 
 def _group_round(
-    strategy: HierFedLoRA, setup: Any, transport: InProcessTransport, ledger: ByteLedger, server_round: int,
+    strategy: HierFedLoRA, setup: RunSetup, transport: InProcessTransport, ledger: ByteLedger, server_round: int,
     group: int, members: list[int], down: Message, last_replies: dict[int, Message], progress: ProgressHook | None,
 ) -> tuple[Message, GroupTraffic]:
     """One group's part of a global round; returns the leader's upload and the group's traffic."""
@@ -150,10 +151,11 @@ def _group_round(
 
 
 def _round_record(
-    config: RunConfig, setup: Any, ledger: ByteLedger, server_round: int, sampled: list[int],
+    config: RunConfig, setup: RunSetup, ledger: ByteLedger, server_round: int, sampled: list[int],
     last_replies: dict[int, Message], traffic: dict[int, GroupTraffic], metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    strategy: HierFedLoRA = setup.strategy
+    strategy = setup.strategy
+    assert isinstance(strategy, HierFedLoRA)
     per_client = []
     for cid in sorted(last_replies):
         rounds = [row for t in traffic.values() for rows in t["intra"] for row in rows if row["client"] == cid]
@@ -173,10 +175,8 @@ def _round_record(
     return record
 
 
-def hier_round_timing(traffic: dict[int, GroupTraffic], spec: Any, config: RunConfig) -> Any:
+def hier_round_timing(traffic: dict[int, GroupTraffic], spec: ProfileSpec, config: RunConfig) -> RoundTiming:
     """Round time of one global round (module docstring) under link spec ``spec``."""
-    from ecolora.network import RoundTiming
-
     clients = sorted({row["client"] for t in traffic.values() for rows in t["intra"] for row in rows})
     links = assign_profiles(clients, spec, seed=config.seed)
     intra_spec = parse_scenario(config.hier.intra_link) if config.hier.intra_link else None

@@ -140,6 +140,9 @@ class HierFedLoRA(FedIT):
     # ---- server -> leaders -------------------------------------------------------------------
     def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
         """One message per group leader (``client_ids``): the global LoRA of its group's layers."""
+        if not self.plans:
+            raise ValueError("HierFedLoRA has no groups yet: call form_groups(category counts) before round 1 "
+                             "(the in-process runner ecolora.sim.hier_runner does; Flower does not support it yet).")
         messages = {}
         for cid in client_ids:
             plan = self.plans[self.group_of[cid]]

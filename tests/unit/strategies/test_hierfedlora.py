@@ -211,5 +211,8 @@ def test_config_errors_are_pinned():
         load_config(None, ["hier.depth=0"])
     with pytest.raises(ConfigError, match=r"`hier.intra_link` must look like UPLINK/DOWNLINK in Mbps"):
         load_config(None, ["hier.intra_link=lan"])
+    fresh = build_hierfedlora(load_config(None, ["method=hierfedlora"]), lora_template())
+    with pytest.raises(ValueError, match=r"HierFedLoRA has no groups yet: call form_groups\(category counts\) before round 1"):
+        fresh.configure_round(1, [0])
     with pytest.raises(ValueError, match=r"build_hierfedlora builds hierfedlora or hierfedlora\+ecolora, got 'fedit'."):
         build_hierfedlora(load_config(None, ["method=fedit"]), lora_template())
