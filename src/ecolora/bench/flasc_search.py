@@ -177,6 +177,7 @@ def plot_search(result: SearchResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     by_key = {p.key: p for p in result.points}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -194,6 +195,8 @@ def plot_search(result: SearchResult, path: Path) -> None:
     if result.budget_bytes is not None:
         ax.axvline(result.budget_bytes / 1e6, color="C3", linestyle=":", label="budget")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel(f"projected bytes over {result.full_rounds} rounds (MB, log)")
     ax.set_ylabel("final eval loss (short run)")
     ax.legend(fontsize=8)
