@@ -46,3 +46,7 @@ def build_strategy(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) 
 
         return build_ecolora(base_name, config, initial_lora)
     return get_strategy_class(base_name)(config, initial_lora)
+
+
+# Register the remaining algorithms (after build_strategy: they import the EcoLoRA wrapper).
+from ecolora.strategies import fedbuff, flasc, hierfedlora  # noqa: E402, F401
