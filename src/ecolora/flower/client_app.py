@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 
 from ecolora.config import RunConfig
 from ecolora.flower.records import (
+    METRICS_RECORD,
     PARTITION_QUERY,
     WireMessage,
     decode_message,
@@ -95,7 +96,7 @@ def train(msg: Message, context: Context) -> Message:
         settings,
         timing={"client-setup-s": setup_s, "setup-reused": float(reused)},
     )
-    content.metric_records["metrics"]["client-total-s"] = time.perf_counter() - start
+    content.metric_records[METRICS_RECORD]["client-total-s"] = time.perf_counter() - start
     return Message(content, reply_to=msg)
 
 
