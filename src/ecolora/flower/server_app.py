@@ -44,6 +44,13 @@ def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
     """Run a whole experiment over ``grid``; return the summary written to summary.json."""
     wall_start = time.perf_counter()
     config = settings.config
+    from ecolora.sim import get_runner
+
+    if get_runner(config) is not None:
+        raise ValueError(
+            f"method {config.method!r} has its own round loop (ecolora.sim.get_runner); the Flower apps "
+            "run synchronous rounds: fedit, ffa, flora (each optionally +ecolora) and flasc."
+        )
     out_dir = settings.out_dir.expanduser().resolve()
     metrics_path = start_run_dir(config, out_dir)
     setup = build_setup(config)

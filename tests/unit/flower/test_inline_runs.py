@@ -87,6 +87,7 @@ def assert_same_run(flower_dir: Path, inproc_dir: Path, atol: float = 0.0) -> No
         ("fedit", (), 0.0),
         ("fedit+ecolora", (), 0.0),
         ("ffa+ecolora", (), 0.0),
+        ("flasc", (), 0.0),
         # FLoRA: in one process the server's eval merges its fp32 stacks into the base all clients share,
         # so later clients skip merging the fp16 stacks they received; on Flower each client merges the
         # fp16 wire values. Same algorithm, base weights differ by fp16 rounding of B_stack A_stack.
