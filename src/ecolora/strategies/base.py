@@ -273,7 +273,10 @@ class Strategy(ABC):
 
     @staticmethod
     def pack_config(config: Mapping[str, Any], num_examples: int = 0, metrics: Mapping[str, float] | None = None) -> bytes:
-        body = {"config": dict(config), "num_examples": num_examples, "metrics": dict(metrics or {})}
+        """The JSON header of a message. Metric values travel as fixed-width ``%.6e`` strings, so a
+        message's size does not depend on measured values (a run's bytes are reproducible)."""
+        fixed = {k: format(float(v), ".6e") for k, v in (metrics or {}).items()}
+        body = {"config": dict(config), "num_examples": num_examples, "metrics": fixed}
         return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
     # ---- checkpoints -------------------------------------------------------------------------
