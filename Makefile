@@ -11,10 +11,10 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 setup: $(STAMP)
 
 # Re-installs only when the package metadata or the constraints change (idempotent).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,flower]"
 	touch $(STAMP)
 
 run: setup  ## the main job: federated fine-tuning of SmolLM2-135M on BIG-bench NI (quickstart preset)
@@ -23,8 +23,8 @@ run: setup  ## the main job: federated fine-tuning of SmolLM2-135M on BIG-bench 
 smoke: setup
 	$(BIN)/ecolora run --config configs/smoke.yaml
 
-test: setup  ## unit + integration tests (CPU, offline after the first asset download)
-	$(BIN)/python -m pytest -q -m "not slow and not flower and not ns3"
+test: setup  ## unit + integration tests, Flower processes included (CPU, offline after the first asset download)
+	$(BIN)/python -m pytest -q -m "not slow and not ns3"
 
 test-all: setup
 	$(BIN)/python -m pytest -q
