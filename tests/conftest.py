@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,3 +19,5 @@ def _seed() -> None:
 
 
 torch.set_num_threads(1)
+# Shared test helpers (a tiny word-level tokenizer and a 2-layer random Llama): tests/support/.
+sys.path.insert(0, str(Path(__file__).parent / "support"))

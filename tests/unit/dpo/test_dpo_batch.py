@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from tiny_lm_dpo import make_model, wrap_lora
+from tiny_lm import make_model, wrap_lora
 
 from ecolora.client.dpo import (
     collate_preference,

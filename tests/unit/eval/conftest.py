@@ -1,9 +1,9 @@
-"""Fixtures: a tiny word-level tokenizer and a 2-layer random Llama (see tiny_lm_eval.py)."""
+"""Fixtures: a tiny word-level tokenizer and a 2-layer random Llama (see tests/support/tiny_lm.py)."""
 
 from __future__ import annotations
 
 import pytest
-from tiny_lm_eval import make_model, make_tokenizer
+from tiny_lm import make_model, make_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from tiny_lm_eval import make_model, make_tokenizer, wrap_lora
+from tiny_lm import make_model, make_tokenizer, wrap_lora
 
 from ecolora.eval.heldout import run_heldout
 

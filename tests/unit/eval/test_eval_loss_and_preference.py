@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_lm_eval import wrap_lora
+from tiny_lm import wrap_lora
 
 from ecolora.client.dpo import collate_preference, dpo_loss, encode_preference, pair_logps
 from ecolora.eval import held_out_loss, perplexity, preference_accuracy

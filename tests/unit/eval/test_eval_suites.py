@@ -207,7 +207,7 @@ def test_loss_suite_matches_held_out_loss(tmp_path, tokenizer, model) -> None:
 
 
 def test_preference_suite_on_a_fresh_adapter(tmp_path, tokenizer, model) -> None:
-    from tiny_lm_eval import wrap_lora
+    from tiny_lm import wrap_lora
 
     rows = [{"prompt": "the sky is", "chosen": "blue", "rejected": "green"}] * 3
     result = run_suite(
