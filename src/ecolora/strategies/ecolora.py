@@ -51,6 +51,14 @@ from ecolora.strategies.segments import SegmentLayout, assign_segment
 __all__ = ["EcoLoRA", "build_ecolora", "mixing_weight"]
 
 
+def density_schedule(eco: Any) -> AdaptiveK:
+    """The eq. 4 schedule from an ``ecolora`` config section (shared by every +ecolora method)."""
+    return AdaptiveK(AdaptiveKConfig(
+        k_max=eco.k_max, k_min_a=eco.k_min_a, k_min_b=eco.k_min_b, gamma_a=eco.gamma_a, gamma_b=eco.gamma_b,
+        fixed_density=eco.fixed_density if eco.sparsification == "fixed" else None,
+    ))
+
+
 def mixing_weight(beta: float, server_round: int, last_round: int) -> float:
     """Weight e^{-beta (t - tau)} of the client's own stale LoRA in eq. 3."""
     return math.exp(-beta * (server_round - last_round))
@@ -67,11 +75,7 @@ class EcoLoRA(Strategy):
         self.global_state = {k: v.clone() for k, v in self.initial_lora.items() if inner.exchanged(k)}
         num_segments = self.eco.num_segments if self.eco.segments else 1
         self.layout = SegmentLayout.from_tensors(self.global_state, num_segments)
-        self.schedule = AdaptiveK(AdaptiveKConfig(
-            k_max=self.eco.k_max, k_min_a=self.eco.k_min_a, k_min_b=self.eco.k_min_b,
-            gamma_a=self.eco.gamma_a, gamma_b=self.eco.gamma_b,
-            fixed_density=self.eco.fixed_density if self.eco.sparsification == "fixed" else None,
-        ))
+        self.schedule = density_schedule(self.eco)
         self.initial_loss: float | None = None
         self.last_loss: float | None = None
         # Download state: the replica Q held by clients (update mode) and its history by round.

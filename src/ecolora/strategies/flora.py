@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from ecolora import codec
-from ecolora.compress import AdaptiveK, AdaptiveKConfig, sparsify_topk
+from ecolora.compress import sparsify_topk
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     AggregationError,
@@ -93,10 +93,9 @@ class FLoRA(Strategy):
         self.stacks: dict[int, dict[str, torch.Tensor]] = {}  # round -> stacked module
         self.client_sync_round: dict[int, int] = {}
         eco = config.ecolora
-        self.schedule = AdaptiveK(AdaptiveKConfig(
-            k_max=eco.k_max, k_min_a=eco.k_min_a, k_min_b=eco.k_min_b, gamma_a=eco.gamma_a, gamma_b=eco.gamma_b,
-            fixed_density=eco.fixed_density if eco.sparsification == "fixed" else None,
-        ))
+        from ecolora.strategies.ecolora import density_schedule
+
+        self.schedule = density_schedule(eco)
         self.initial_loss: float | None = None
         self.last_loss: float | None = None
 

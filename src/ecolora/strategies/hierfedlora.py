@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ecolora import codec
-from ecolora.compress import AdaptiveK, AdaptiveKConfig, ErrorFeedback, sparsify_topk
+from ecolora.compress import ErrorFeedback, sparsify_topk
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     ClientRuntime,
@@ -87,10 +87,9 @@ class HierFedLoRA(FedIT):
         self.group_examples: dict[int, int] = {}
         self.group_losses: dict[int, tuple[float, float]] = {}
         eco = config.ecolora
-        self.schedule = AdaptiveK(AdaptiveKConfig(
-            k_max=eco.k_max, k_min_a=eco.k_min_a, k_min_b=eco.k_min_b, gamma_a=eco.gamma_a, gamma_b=eco.gamma_b,
-            fixed_density=eco.fixed_density if eco.sparsification == "fixed" else None,
-        ))
+        from ecolora.strategies.ecolora import density_schedule
+
+        self.schedule = density_schedule(eco)
         self.initial_loss: float | None = None
         self.last_loss: float | None = None
         self.value_dtype = torch.float16 if compressed else self.wire_dtype
