@@ -54,16 +54,7 @@ class FLASC(FedIT):
         self.remember_asked(server_round, messages)
         return messages
 
-    # Streaming step 4: S = sum_i n_i S_i and W = sum_i n_i; then P += S / W.
-    def fold_begin(self, server_round: int) -> None:
-        self._sum = {k: torch.zeros_like(v) for k, v in self.global_state.items()}
-        self._weight = 0.0
-
-    def fold(self, client_id: int, reply: Message) -> None:
-        for k, acc in self._sum.items():
-            acc.add_(reply.tensors[k].float(), alpha=float(reply.num_examples))
-        self._weight += float(reply.num_examples)
-
+    # Streaming step 4: FedIT's fold_begin/fold keep S = sum_i n_i S_i and W = sum_i n_i; then P += S / W.
     def fold_end(self, server_round: int) -> dict[str, Any]:
         self.global_state = {k: v + self._sum[k] / self._weight for k, v in self.global_state.items()}
         self._sum = {}
