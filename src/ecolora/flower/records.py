@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,15 +27,19 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from ecolora import codec
-from ecolora.strategies.base import Message, Strategy
+from ecolora.sim.transport import PayloadError, WireMessage, decode_message, encode_message
 
 __all__ = [
+    "CARRIED_STATE",
+    "CARRY_RECORD",
     "PARTITION_QUERY",
+    "STATE_REQUEST",
     "PayloadError",
     "WireMessage",
     "decode_message",
     "encode_message",
     "from_recorddict",
+    "is_exact",
     "load_state",
     "payload_stype",
     "save_state",
@@ -46,6 +49,11 @@ __all__ = [
 PAYLOAD_RECORD, HEADER_RECORD, METRICS_RECORD = "payload", "header", "metrics"
 PARTITION_QUERY = "partition"  # ConfigRecord of the ServerApp's discovery query and its reply
 STATE_TENSORS, STATE_TREE = "ecolora.state.tensors", "ecolora.state.tree"
+# A client state travelling inside a message (HierFedLoRA's leader role runs in the ServerApp and its
+# trainer on the SuperNode, so the leader's state moves between them; ecolora.flower.executor).
+CARRIED_STATE = "carried."  # prefix of the state records in a message (save_state/load_state)
+CARRY_RECORD = "carry"  # ConfigRecord: {"return": bool}, the reply must carry the updated state back
+STATE_REQUEST = "state-request"  # ConfigRecord of a QUERY that asks a node for its client state
 _MIRRORED = {
     "round": "server-round",
     "segment": "segment",
@@ -54,52 +62,9 @@ _MIRRORED = {
 }
 
 
-class PayloadError(ValueError):
-    """A Flower message does not carry a well-formed ecolora payload and header."""
-
-
 def payload_stype() -> str:
     """Serialization type of the payload Array: the codec's name and format version."""
     return f"ecolora/{codec.FORMAT_VERSION}"
-
-
-@dataclass(frozen=True)
-class WireMessage:
-    """One ecolora message as bytes: the codec payload and the JSON header."""
-
-    payload: bytes
-    header: bytes
-
-    @property
-    def num_bytes(self) -> int:
-        """What the byte ledger records (same convention as the in-process transport)."""
-        return len(self.payload) + len(self.header)
-
-
-def encode_message(strategy: Strategy, message: Message, direction: str) -> WireMessage:
-    """Serialize with the strategy's own codec settings (``Strategy.pack`` / ``pack_config``)."""
-    return WireMessage(
-        payload=strategy.pack(message, direction),
-        header=Strategy.pack_config(message.config, message.num_examples, message.metrics),
-    )
-
-
-def decode_message(strategy: Strategy, wire: WireMessage) -> Message:
-    """Parse a :class:`WireMessage` back into a Message; any defect raises :class:`PayloadError`."""
-    try:
-        body = json.loads(wire.header)
-        config, num_examples, metrics = body["config"], body["num_examples"], body["metrics"]
-        if not isinstance(config, dict) or not isinstance(metrics, dict):
-            raise TypeError("config and metrics must be JSON objects")
-        metrics = {str(k): float(v) for k, v in metrics.items()}
-        num_examples = int(num_examples)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PayloadError(f"Message header is not an ecolora JSON header ({exc}).") from exc
-    try:
-        tensors = strategy.unpack(wire.payload)
-    except (ValueError, TypeError, IndexError, OverflowError) as exc:  # CodecError is a ValueError
-        raise PayloadError(f"Payload of {len(wire.payload)} bytes does not decode: {exc}") from exc
-    return Message(config=config, tensors=tensors, num_examples=num_examples, metrics=metrics)
 
 
 def to_recorddict(
@@ -107,12 +72,16 @@ def to_recorddict(
     config: Mapping[str, Any],
     partition_id: int,
     metrics: Mapping[str, float] | None = None,
+    exact: bool = False,
 ) -> RecordDict:
-    """A fresh RecordDict for one message (never shared between messages)."""
+    """A fresh RecordDict for one message (never shared between messages); ``exact``: the payload
+    was packed with ``encode_message(..., exact=True)`` and the reply must be too."""
     array = Array(
         dtype="uint8", shape=(len(wire.payload),), stype=payload_stype(), data=bytes(wire.payload)
     )
     header: dict[str, Any] = {"json": bytes(wire.header), "partition-id": int(partition_id)}
+    if exact:
+        header["exact"] = True
     for key, name in _MIRRORED.items():
         if (
             key in config
@@ -159,6 +128,12 @@ def from_recorddict(content: RecordDict) -> tuple[WireMessage, int]:
             "ConfigRecord 'header' must hold bytes 'json' and an int 'partition-id'."
         )
     return WireMessage(payload=bytes(array.data), header=raw_header), partition
+
+
+def is_exact(content: RecordDict) -> bool:
+    """Whether a message was packed exactly (:func:`to_recorddict`)."""
+    header = content.config_records.get(HEADER_RECORD)
+    return bool(header is not None and header.get("exact", False))
 
 
 # ---- client state <-> Context.state ---------------------------------------------------------------

@@ -31,7 +31,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerBaseStrategy
 
-from ecolora import codec
 from ecolora.config import RunConfig
 from ecolora.flower.records import (
     METRICS_RECORD,
@@ -44,7 +43,7 @@ from ecolora.flower.records import (
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.runner import evaluate_global, finish_round, sample_clients
 from ecolora.sim.setup import RunSetup
-from ecolora.sim.transport import count_params
+from ecolora.sim.transport import count_params, safe_count_params
 from ecolora.strategies.base import Message as EcoMessage
 
 logger = logging.getLogger("ecolora")
@@ -177,7 +176,7 @@ class EcoloraFlowerStrategy(FlowerBaseStrategy):
         except PayloadError as exc:
             return None, f"payload: {exc}"
         self.ledger.record(
-            server_round, cid, "up", wire.num_bytes, _safe_count_params(wire.payload)
+            server_round, cid, "up", wire.num_bytes, safe_count_params(wire.payload)
         )
         if partition != cid:
             return (
@@ -235,11 +234,3 @@ def _client_timing(reply: Message) -> dict[str, float]:
         "setup-reused": "setup_reused",
     }
     return {ours: float(record[theirs]) for theirs, ours in names.items() if theirs in record}
-
-
-def _safe_count_params(payload: bytes) -> int:
-    """Values in a payload for the ledger; 0 when its manifest cannot even be read."""
-    try:
-        return count_params(payload)
-    except (codec.CodecError, ValueError, KeyError, TypeError, IndexError):
-        return 0

@@ -52,6 +52,14 @@ from ecolora.network import (
 )
 from ecolora.network.ledger import ByteLedger
 from ecolora.network.tcp import tcp_transfer_time_s
+from ecolora.sim.executor import (
+    ClientExecutor,
+    ExecutorFactory,
+    InProcessExecutor,
+    Job,
+    Reply,
+    receive_reply,
+)
 from ecolora.sim.runner import (
     ProgressHook,
     evaluate_global,
@@ -61,8 +69,7 @@ from ecolora.sim.runner import (
 )
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
-from ecolora.strategies.base import Message, Strategy
-from ecolora.strategies.fedbuff import build_fedbuff
+from ecolora.strategies.base import Message
 
 logger = logging.getLogger("ecolora")
 
@@ -71,7 +78,7 @@ __all__ = ["client_speeds", "play_async", "run_async", "warn_unsupported", "with
 
 @dataclass(order=True)
 class _Job:
-    """One dispatch: when it arrives, its phases' durations and the (already computed) reply."""
+    """One dispatch: when it arrives, its phases' durations and the client's reply."""
 
     arrival_s: float
     job_id: int
@@ -81,7 +88,8 @@ class _Job:
     compute_s: float = field(compare=False)
     upload_s: float = field(compare=False)
     measured_compute_s: float = field(compare=False)
-    reply: Message = field(compare=False, repr=False)
+    result: Reply = field(compare=False, repr=False)  # what came back, with the client's own metrics
+    reply: Message | None = field(default=None, compare=False, repr=False)  # as the server decoded it
 
 
 StepHook = Callable[[list[_Job], dict[int, Message], float], None]
@@ -100,39 +108,57 @@ def client_speeds(config: RunConfig) -> tuple[str, dict[int, LinkProfile], dict[
 
 
 class _EventLoop:
-    """Idle clients, jobs in flight (a heap by arrival time) and the dispatch step."""
+    """Idle clients, jobs in flight (a heap by arrival time) and the dispatch step.
 
-    def __init__(self, config: RunConfig, setup: RunSetup, transport: InProcessTransport, ledger: ByteLedger) -> None:
-        self.config, self.setup, self.transport, self.ledger = config, setup, transport, ledger
+    A dispatch starts a job on the executor; its arrival time needs the reply (upload size,
+    compute time), so :meth:`next_arrival` first waits for every job started since the last
+    arrival: on Flower those jobs train concurrently on their SuperNodes.
+    """
+
+    def __init__(self, config: RunConfig, setup: RunSetup, work: ClientExecutor | InProcessTransport,
+                 ledger: ByteLedger) -> None:  # fmt: skip
+        if isinstance(work, InProcessTransport):  # the in-process clients of ``setup``
+            work = InProcessExecutor(setup, ledger)
+        self.config, self.setup, self.work, self.ledger = config, setup, work, ledger
         self.rng = np.random.default_rng(config.seed)
         self.link_key, self.links, self.factors = client_speeds(config)
         self.idle = set(range(config.fed.num_clients))
-        self.in_flight: list[_Job] = []
+        self.started: list[tuple[int, int, float]] = []  # (ticket, job id, dispatch time), not yet timed
+        self._heap: list[_Job] = []
         self.num_jobs = 0
         self.step = 0  # server steps taken
         self.last_metrics: dict[str, Any] = {}
 
     def dispatch(self, now: float) -> None:
-        strategy = self.setup.strategy
         cid = int(self.rng.choice(sorted(self.idle)))
         self.idle.remove(cid)
-        message = strategy.configure_round(self.step + 1, [cid])[cid]
-        received = self.transport.send(self.step + 1, cid, "down", message)
-        download_bytes = self.ledger.entries[-1].num_bytes
-        reply = strategy.client_round(self.setup.clients[cid], received)
-        upload_bytes = len(strategy.pack(reply, "up")) + len(Strategy.pack_config(reply.config, reply.num_examples, reply.metrics))
-        link = self.links[cid]
-        down_s = tcp_transfer_time_s(download_bytes, link.downlink_mbps, link.latency_ms,
+        message = self.setup.strategy.configure_round(self.step + 1, [cid])[cid]
+        [ticket] = self.work.start(self.step + 1, [Job(cid, message)])
+        self.started.append((ticket, self.num_jobs, now))
+        self.num_jobs += 1
+
+    def _time(self, job_id: int, now: float, reply: Reply) -> _Job:
+        """The job's arrival in simulated time (module docstring, step 1)."""
+        cid, link = reply.job.client, self.links[reply.job.client]
+        down_s = tcp_transfer_time_s(reply.download_bytes, link.downlink_mbps, link.latency_ms,
                                      reverse_rate_mbps=link.uplink_mbps, loss=link.loss)
-        up_s = tcp_transfer_time_s(upload_bytes, link.uplink_mbps, link.latency_ms,
+        up_s = tcp_transfer_time_s(reply.upload_bytes, link.uplink_mbps, link.latency_ms,
                                    reverse_rate_mbps=link.downlink_mbps, loss=link.loss)
         measured = float(reply.metrics.get("compute_s", 0.0))
         step_time = self.config.fedbuff.step_time_s
         base_s = step_time * float(reply.metrics.get("num_steps", 1.0)) if step_time else measured * self.config.network.compute_scale
         compute_s = base_s * self.factors[cid]
-        job = _Job(now + down_s + compute_s + up_s, self.num_jobs, cid, now, down_s, compute_s, up_s, measured, reply)
-        heapq.heappush(self.in_flight, job)
-        self.num_jobs += 1
+        return _Job(now + down_s + compute_s + up_s, job_id, cid, now, down_s, compute_s, up_s, measured, result=reply)
+
+    @property
+    def in_flight(self) -> list[_Job]:
+        """Jobs not arrived yet, a heap by arrival time (waits for the replies of started jobs)."""
+        if self.started:
+            replies = self.work.wait([ticket for ticket, _, _ in self.started])
+            for ticket, job_id, dispatched_at in self.started:
+                heapq.heappush(self._heap, self._time(job_id, dispatched_at, replies[ticket]))
+            self.started = []
+        return self._heap
 
     def next_arrival(self) -> _Job:
         job = heapq.heappop(self.in_flight)
@@ -145,28 +171,37 @@ def play_async(loop: _EventLoop, rounds: int, buffer_size: int, on_step: StepHoo
     """Run the event loop until ``rounds`` server steps are taken; return the final simulated time.
 
     ``on_step(jobs, buffer, now)`` is called once per full buffer, right after the server step
-    (``loop.step`` already counts it), with the buffered jobs in arrival order.
+    (``loop.step`` already counts it), with the buffered jobs in arrival order;
+    ``loop.last_metrics["dropped"]`` lists the jobs whose reply was unusable since the last step
+    (``[{client, reason}]``, logged).
     """
     strategy = loop.setup.strategy
     buffer: dict[int, Message] = {}
     jobs: list[_Job] = []
+    dropped: list[dict[str, Any]] = []
     now = 0.0
     for _ in range(loop.config.fedbuff.concurrency):
         loop.dispatch(now)
     while loop.step < rounds:
-        # ---- the next arrival crosses the transport and joins the buffer ------------------------
+        # ---- the next arrival crosses the wire and joins the buffer ----------------------------
         job = loop.next_arrival()
         now = job.arrival_s
-        buffer[job.job_id] = loop.transport.send(loop.step + 1, job.client, "up", job.reply)
-        jobs.append(job)
-        if progress:
-            progress("client", len(buffer), buffer_size)
+        job.reply, reason = receive_reply(strategy, loop.ledger, loop.step + 1, job.result)
+        if job.reply is None:
+            logger.warning("step %d: the update of client %d (%s) is left out: %s",
+                           loop.step + 1, job.client, job.result.source, reason)  # fmt: skip
+            dropped.append({"client": job.client, "reason": reason})
+        else:
+            buffer[job.job_id] = job.reply
+            jobs.append(job)
+            if progress:
+                progress("client", len(buffer), buffer_size)
         # ---- a full buffer: one server step --------------------------------------------------
         if len(buffer) == buffer_size:
             loop.step += 1
-            loop.last_metrics = strategy.aggregate_round(loop.step, buffer)
+            loop.last_metrics = {**strategy.aggregate_round(loop.step, buffer), "dropped": dropped}
             on_step(jobs, buffer, now)
-            buffer, jobs = {}, []
+            buffer, jobs, dropped = {}, [], []
             if progress:
                 progress("round", loop.step, rounds)
         if loop.step < rounds:
@@ -174,16 +209,20 @@ def play_async(loop: _EventLoop, rounds: int, buffer_size: int, on_step: StepHoo
     return now
 
 
-def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run ``fedbuff`` / ``fedbuff+ecolora`` and write the run directory; return the summary."""
+def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = None, resume: bool = False,
+              executor: ExecutorFactory | None = None) -> dict[str, Any]:
+    """Run ``fedbuff`` / ``fedbuff+ecolora`` and write the run directory; return the summary.
+
+    ``executor`` builds where the clients train (:mod:`ecolora.sim.executor`; default: in this
+    process); the event loop and the server run here either way.
+    """
     wall_start = time.perf_counter()
     warn_unsupported(config, resume)
     out_dir = Path(out_dir)
     metrics_path = start_run_dir(config, out_dir)
     setup = build_setup(config)
-    setup.strategy = build_fedbuff(config, setup.strategy.initial_lora)
     ledger = ByteLedger()
-    loop = _EventLoop(config, setup, InProcessTransport(setup.strategy, ledger), ledger)
+    loop = _EventLoop(config, setup, (executor or InProcessExecutor)(setup, ledger), ledger)
     quiet = without_network_scenarios(config)
     initial_eval = evaluate_global(setup)
     logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
@@ -201,7 +240,8 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
     staleness = [s for r in history for s in r.get("staleness", [])]
     return write_summary_extras(out_dir, summary, {
         "sim_time_s": now, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
-        "jobs_discarded": len(loop.in_flight), "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+        "jobs_discarded": len(loop.in_flight),
+        "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
     })
 
 
@@ -216,9 +256,8 @@ def _step_record(
         per_client.append({
             "client": cid, "compute_s": float(sum(j.measured_compute_s for j in mine)),
             "sim_compute_s": float(sum(j.compute_s for j in mine)),
-            "train_loss": mine[-1].reply.metrics.get("train_loss") if mine else None,
+            "train_loss": mine[-1].result.metrics.get("train_loss") if mine else None,
         })
-    metrics = {**metrics, "dropped": []}
     record = finish_round(config, setup, ledger, loop.step, [j.client for j in jobs], buffer, per_client, metrics)
     start, end = window
     last = jobs[-1]

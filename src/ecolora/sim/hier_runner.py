@@ -45,6 +45,13 @@ from ecolora.sim.async_runner import (
     without_network_scenarios,
     write_summary_extras,
 )
+from ecolora.sim.executor import (
+    ClientExecutor,
+    ExecutorFactory,
+    InProcessExecutor,
+    Job,
+    receive_reply,
+)
 from ecolora.sim.runner import (
     ProgressHook,
     evaluate_global,
@@ -57,7 +64,7 @@ from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies.base import Message
 from ecolora.strategies.grouping import category_counts
-from ecolora.strategies.hierfedlora import HierFedLoRA, build_hierfedlora
+from ecolora.strategies.hierfedlora import HierFedLoRA
 
 logger = logging.getLogger("ecolora")
 
@@ -68,20 +75,26 @@ GroupTraffic = dict[str, Any]
 
 
 def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | None = None,
-                     resume: bool = False) -> dict[str, Any]:
-    """Run ``hierfedlora`` / ``hierfedlora+ecolora`` and write the run directory; return the summary."""
+                     resume: bool = False, executor: ExecutorFactory | None = None) -> dict[str, Any]:
+    """Run ``hierfedlora`` / ``hierfedlora+ecolora`` and write the run directory; return the summary.
+
+    ``executor`` builds where the members train (:mod:`ecolora.sim.executor`; default: in this
+    process); the leader's role (``start_group``, ``aggregate_intra``, ``close_group``) and the
+    server run here either way.
+    """
     wall_start = time.perf_counter()
     warn_unsupported(config, resume)
     out_dir = Path(out_dir)
     metrics_path = start_run_dir(config, out_dir)
     setup = build_setup(config)
-    strategy = build_hierfedlora(config, setup.strategy.initial_lora)
-    assert isinstance(strategy, HierFedLoRA)
-    setup.strategy = strategy
+    strategy = setup.strategy
+    if not isinstance(strategy, HierFedLoRA):
+        raise TypeError(f"run_hierarchical runs hierfedlora[+ecolora], got a {type(strategy).__name__} strategy.")
     plans = strategy.form_groups(category_counts(setup.partition_stats))
     (out_dir / "groups.json").write_text(json.dumps([p.to_dict() for p in plans], indent=2), encoding="utf-8")
     ledger = ByteLedger()
-    transport = InProcessTransport(strategy, ledger)
+    transport = InProcessTransport(strategy, ledger)  # server <-> leaders: the ServerApp's own traffic
+    work = (executor or InProcessExecutor)(setup, ledger)
     rng = np.random.default_rng(config.seed)
     quiet = without_network_scenarios(config)
     sizes = {c.client_id: c.num_examples for c in setup.clients}
@@ -92,12 +105,14 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
         groups = strategy.round_groups(sampled, sizes)
         downs = strategy.configure_round(server_round, [members[0] for members in groups.values()])
+        work.borrow([members[0] for members in groups.values()])  # Flower: fetch the leaders' states at once
         uploads: dict[int, Message] = {}
         last_replies: dict[int, Message] = {}
         traffic: dict[int, GroupTraffic] = {}
         for g, members in groups.items():
             uploads[members[0]], traffic[g] = _group_round(
-                strategy, setup, transport, ledger, server_round, g, members, downs[members[0]], last_replies, progress)
+                strategy, setup, transport, ledger, server_round, g, members, downs[members[0]], last_replies,
+                progress, work)
         metrics = strategy.aggregate_round(server_round, uploads)
         record = _round_record(quiet, setup, ledger, server_round, sampled, last_replies, traffic, metrics)
         if config.network.scenarios:
@@ -118,34 +133,43 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
 def _group_round(
     strategy: HierFedLoRA, setup: RunSetup, transport: InProcessTransport, ledger: ByteLedger, server_round: int,
     group: int, members: list[int], down: Message, last_replies: dict[int, Message], progress: ProgressHook | None,
+    work: ClientExecutor | None = None,
 ) -> tuple[Message, GroupTraffic]:
-    """One group's part of a global round; returns the leader's upload and the group's traffic."""
+    """One group's part of a global round; returns the leader's upload and the group's traffic.
+
+    The leader's role runs here, on the leader's state (``work.borrow``); every member's training,
+    the leader's own included, is a job of ``work`` (default: in this process), all members of an
+    intra round started at once.
+    """
+    work = work or InProcessExecutor(setup, ledger)  # type: ignore[arg-type]
     leader = members[0]
+    leader_rt = work.borrow([leader])[leader]
     received = transport.send(server_round, leader, "down", down)
     traffic: GroupTraffic = {"leader": leader, "down_bytes": ledger.entries[-1].num_bytes, "intra": []}
-    strategy.start_group(setup.clients[leader], received)
+    strategy.start_group(leader_rt, received)
     for intra_round in range(1, strategy.plans[group].intra_rounds + 1):
         messages = strategy.configure_intra(server_round, intra_round, group, members)
+        jobs = [Job(cid, messages[cid], channel="group", local=cid == leader) for cid in members]
+        tickets = work.start(server_round, jobs)
+        done = work.wait(tickets)
         replies: dict[int, Message] = {}
         rows = []
-        for cid in members:
-            row = {"client": cid, "download_bytes": 0, "upload_bytes": 0}
-            message = messages.pop(cid)
-            if cid != leader:
-                message = transport.send(server_round, cid, "down", message, channel="group")
-                row["download_bytes"] = ledger.entries[-1].num_bytes
-            reply = strategy.client_round(setup.clients[cid], message)
-            if cid != leader:
-                reply = transport.send(server_round, cid, "up", reply, channel="group")
-                row["upload_bytes"] = ledger.entries[-1].num_bytes
-            row["compute_s"] = float(reply.metrics.get("compute_s", 0.0))
-            replies[cid] = last_replies[cid] = reply
-            rows.append(row)
+        for job, ticket in zip(jobs, tickets, strict=True):
+            got = done[ticket]
+            reply, reason = receive_reply(strategy, ledger, server_round, got)
+            if reply is None:  # tau_g aggregations and the delta views need every member's update
+                raise RuntimeError(
+                    f"HierFedLoRA round {server_round}, group {group}, intra round {intra_round}: client "
+                    f"{job.client} ({got.source}) sent no usable update: {reason}"
+                )
+            rows.append({"client": job.client, "download_bytes": got.download_bytes, "upload_bytes": got.upload_bytes,
+                         "compute_s": float(reply.metrics.get("compute_s", 0.0))})  # fmt: skip
+            replies[job.client] = last_replies[job.client] = reply
             if progress:
                 progress("client", len(rows), len(members))
         strategy.aggregate_intra(group, replies)
         traffic["intra"].append(rows)
-    upload = transport.send(server_round, leader, "up", strategy.close_group(setup.clients[leader], server_round, group))
+    upload = transport.send(server_round, leader, "up", strategy.close_group(leader_rt, server_round, group))
     traffic["up_bytes"] = ledger.entries[-1].num_bytes
     return upload, traffic
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from ecolora.strategies.base import Strategy
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["RunSetup", "TaskData", "build_setup", "build_task", "seed_everything"]
+__all__ = ["RunSetup", "TaskData", "build_method_strategy", "build_setup", "build_task", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -152,7 +152,7 @@ def build_setup(config: RunConfig) -> RunSetup:
         SimClient(cid, list(partitioner.load_partition(cid)), shared)
         for cid in range(config.fed.num_clients)
     ]
-    strategy = build_strategy(config, initial_lora)
+    strategy = build_method_strategy(config, initial_lora)
     eval_client = SimClient(-1, [], shared)
     eval_fn = _make_eval_fn(config, model, task)
     logger.info(
@@ -176,6 +176,24 @@ def build_setup(config: RunConfig) -> RunSetup:
         partition_stats=stats,
         tokenizer=tokenizer,
     )
+
+
+def build_method_strategy(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
+    """The strategy of ``config.method``, the one object every engine's server and clients use.
+
+    fedbuff[+ecolora] and hierfedlora[+ecolora] have builders of their own (the generic one would
+    wrap them in plain EcoLoRA); every other method comes from the registry.
+    """
+    base = config.method.partition("+")[0]
+    if base == "fedbuff":
+        from ecolora.strategies.fedbuff import build_fedbuff
+
+        return build_fedbuff(config, initial_lora)
+    if base == "hierfedlora":
+        from ecolora.strategies.hierfedlora import build_hierfedlora
+
+        return build_hierfedlora(config, initial_lora)
+    return build_strategy(config, initial_lora)
 
 
 def _flora_adapters(

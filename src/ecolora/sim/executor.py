@@ -1,0 +1,147 @@
+"""Where a client's work runs for the loops with their own rounds (FedBuff, HierFedLoRA).
+
+A *job* is one message to one client: down through the wire, ``Strategy.client_round`` on that
+client, the reply back up. :mod:`ecolora.sim.async_runner` and :mod:`ecolora.sim.hier_runner` are
+written once against :class:`ClientExecutor` and run on either implementation:
+
+* :class:`InProcessExecutor` (here): the client works in this process, on the run's shared model,
+  right when the job starts; every message crosses the byte ledger as in
+  :class:`~ecolora.sim.transport.InProcessTransport`.
+* :class:`ecolora.flower.executor.FlowerExecutor`: the job's message goes to the SuperNode that
+  holds the client's partition through Flower's Grid; ``start`` pushes, ``wait`` pulls, so the
+  jobs started together train concurrently.
+
+Both record a download when the job starts and an upload when the loop *receives* the reply
+(:meth:`ClientExecutor.receive`, which may be later: FedBuff receives in simulated-time order),
+both as ``len(payload) + len(header)`` of the real bytes. A *local* job (HierFedLoRA: the group
+leader training on its own device) is not network traffic: it is neither counted nor compressed
+(exact bytes where it must cross a process boundary).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ecolora.network.ledger import ByteLedger
+from ecolora.sim.setup import RunSetup
+from ecolora.sim.transport import (
+    PayloadError,
+    WireMessage,
+    count_params,
+    decode_message,
+    encode_message,
+    safe_count_params,
+)
+from ecolora.strategies.base import ClientRuntime, Message, Strategy
+
+__all__ = ["ClientExecutor", "ExecutorFactory", "InProcessExecutor", "Job", "Reply", "receive_reply"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message for one client; ``local``: the sender is the client's own device (not counted)."""
+
+    client: int
+    message: Message
+    channel: str = "global"
+    local: bool = False
+
+
+@dataclass
+class Reply:
+    """What came back for a job: the reply's bytes, or why nothing usable did.
+
+    ``metrics`` are the values the client reported (``compute_s``, ``num_steps``, ``train_loss``) at
+    full precision, for scheduling and records; the aggregate only sees what ``receive`` decodes.
+    """
+
+    job: Job
+    download_bytes: int
+    wire: WireMessage | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    reason: str | None = None  # "<code>: <why>" when the reply is unusable (error, damaged)
+    source: str = "in-process"  # who answered, for error messages ("node 7")
+    message: Message | None = None  # in-process local jobs: the reply object itself
+
+    @property
+    def upload_bytes(self) -> int:
+        return 0 if self.job.local or self.wire is None else self.wire.num_bytes
+
+
+class ClientExecutor(Protocol):
+    """Runs jobs for a loop; see the module docstring."""
+
+    def start(self, server_round: int, jobs: Sequence[Job]) -> list[int]:
+        """Send the jobs' messages (downloads counted now); return one ticket per job."""
+        ...
+
+    def wait(self, tickets: Sequence[int]) -> dict[int, Reply]:
+        """The replies of these tickets (blocks until they are in, or fail)."""
+        ...
+
+    def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
+        """Runtimes whose ``state`` is each client's current state, for work the server process does
+        on a client's behalf (HierFedLoRA's group leader)."""
+        ...
+
+
+ExecutorFactory = Callable[[RunSetup, ByteLedger], ClientExecutor]
+
+
+def receive_reply(strategy: Strategy, ledger: ByteLedger, server_round: int, reply: Reply) -> tuple[Message | None, str | None]:
+    """The reply reaches the server: record its upload (unless local) and decode it.
+
+    Returns ``(message, None)``, or ``(None, "<code>: <why>")`` for an unusable reply (its bytes
+    still count when they arrived: they crossed the network).
+    """
+    job = reply.job
+    if reply.wire is not None and not job.local:
+        ledger.record(server_round, job.client, "up", reply.wire.num_bytes, safe_count_params(reply.wire.payload),
+                      job.channel)  # fmt: skip
+    if reply.reason is not None:
+        return None, reply.reason
+    if reply.message is not None:
+        return reply.message, None
+    if reply.wire is None:
+        return None, "no_reply: nothing came back"
+    try:
+        return decode_message(strategy, reply.wire), None
+    except PayloadError as exc:
+        return None, f"payload: {exc}"
+
+
+class InProcessExecutor:
+    """Clients of :func:`~ecolora.sim.setup.build_setup` working in this process, at ``start``."""
+
+    def __init__(self, setup: RunSetup, ledger: ByteLedger) -> None:
+        self.setup, self.ledger = setup, ledger
+        self._tickets = itertools.count()
+        self._done: dict[int, Reply] = {}
+
+    def start(self, server_round: int, jobs: Sequence[Job]) -> list[int]:
+        strategy = self.setup.strategy
+        tickets = []
+        for job in jobs:
+            client = self.setup.clients[job.client]
+            if job.local:  # the device's own message: no bytes, no copy
+                reply = strategy.client_round(client, job.message)
+                done = Reply(job, 0, metrics=dict(reply.metrics), message=reply)
+            else:
+                wire = encode_message(strategy, job.message, "down")
+                self.ledger.record(server_round, job.client, "down", wire.num_bytes, count_params(wire.payload),
+                                   job.channel)  # fmt: skip
+                reply = strategy.client_round(client, decode_message(strategy, wire))
+                done = Reply(job, wire.num_bytes, wire=encode_message(strategy, reply, "up"), metrics=dict(reply.metrics))
+            ticket = next(self._tickets)
+            self._done[ticket] = done
+            tickets.append(ticket)
+        return tickets
+
+    def wait(self, tickets: Sequence[int]) -> dict[int, Reply]:
+        return {t: self._done.pop(t) for t in tickets}
+
+    def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
+        return {cid: self.setup.clients[cid] for cid in clients}
