@@ -11,6 +11,8 @@
 * State: the strategy's per-client state (EcoLoRA: last view, last local LoRA, tau, residuals) lives
   in ``Context.state`` between rounds (:func:`ecolora.flower.records.save_state`). FLoRA clients
   also keep every stacked module they received, so a fresh process can rebuild the merged base.
+  A message may carry the client's state instead (HierFedLoRA: the ServerApp held it while the
+  client led its group, :mod:`ecolora.flower.executor`); it then replaces ``Context.state``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ from flwr.clientapp import ClientApp
 
 from ecolora.config import RunConfig
 from ecolora.flower.records import (
+    CARRIED_STATE,
+    CARRY_RECORD,
     METRICS_RECORD,
     PARTITION_QUERY,
+    STATE_REQUEST,
     WireMessage,
     decode_message,
     encode_message,
     from_recorddict,
+    is_exact,
     load_state,
     save_state,
     to_recorddict,
@@ -71,7 +77,12 @@ def partition_of(node_config: dict[str, Any]) -> int:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Discovery: report this node's partition (no model is loaded)."""
+    """Discovery: report this node's partition (no model is loaded); or send this client's state
+    (``STATE_REQUEST``: HierFedLoRA's leader role in the ServerApp needs it)."""
+    if STATE_REQUEST in msg.content:
+        content = RecordDict()
+        save_state(content, load_state(context.state), prefix=CARRIED_STATE)
+        return Message(content, reply_to=msg)
     record = ConfigRecord(
         {
             "partition-id": partition_of(context.node_config),
@@ -121,7 +132,8 @@ def run_client_round(
     strategy = setup.strategy
     message = decode_message(strategy, wire)
     client = setup.clients[partition_id]
-    client.state = load_state(state)
+    carry = content.config_records.get(CARRY_RECORD)  # the ServerApp held this client's state
+    client.state = load_state(content, CARRIED_STATE) if carry is not None else load_state(state)
     flora = "stacks" in message.config
     if flora:
         stored = _replay_flora_stacks(setup, client, state)
@@ -134,11 +146,15 @@ def run_client_round(
             {"rounds": rounds, "tensors": {**stored.get("tensors", {}), **message.tensors}},
             prefix=FLORA_PREFIX,
         )
-    reply_wire = encode_message(strategy, reply, "up")
+    exact = is_exact(content)
+    reply_wire = encode_message(strategy, reply, "up", exact=exact)
     if settings is not None and settings.corrupt_partition == partition_id:
         reply_wire = _corrupt(strategy, reply, reply_wire, settings.corrupt_mode)
     metrics = {"num-examples": float(reply.num_examples), **reply.metrics, **(timing or {})}
-    return to_recorddict(reply_wire, reply.config, partition_id, metrics=metrics)
+    out = to_recorddict(reply_wire, reply.config, partition_id, metrics=metrics, exact=exact)
+    if carry is not None and carry.get("return", False):
+        save_state(out, client.state, prefix=CARRIED_STATE)
+    return out
 
 
 def _replay_flora_stacks(setup: RunSetup, client: Any, state: RecordDict) -> dict[str, Any]:

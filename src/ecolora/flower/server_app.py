@@ -9,6 +9,10 @@
 4. runs ``fed.rounds`` rounds through Flower's ``Strategy.start`` with
    :class:`~ecolora.flower.strategy.EcoloraFlowerStrategy`, writing metrics.jsonl per round,
 5. saves adapter/, summary.json and plots/ with :func:`ecolora.sim.runner.finish_run`.
+
+fedbuff and hierfedlora have loops of their own (:func:`ecolora.sim.get_runner`): the ServerApp runs
+that same loop, with each client job sent to its SuperNode (:mod:`ecolora.flower.executor`), and
+the loop writes the run directory as in-process (docs/flower.md).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from ecolora.config import RunConfig
 from ecolora.flower.records import PARTITION_QUERY
 from ecolora.flower.settings import FlowerSettings, resolve_settings
 from ecolora.flower.strategy import EcoloraFlowerStrategy
+from ecolora.network.ledger import ByteLedger
 from ecolora.sim.runner import finish_run, start_run_dir
-from ecolora.sim.setup import build_setup
+from ecolora.sim.setup import RunSetup, build_setup
 
 logger = logging.getLogger("ecolora")
 
@@ -41,17 +47,22 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
-    """Run a whole experiment over ``grid``; return the summary written to summary.json."""
+    """Run a whole experiment over ``grid``; return the summary written to summary.json.
+
+    Synchronous methods run through Flower's ``Strategy.start``; fedbuff and hierfedlora run their
+    own loop (:func:`ecolora.sim.get_runner`) with the clients' jobs on the SuperNodes
+    (:class:`~ecolora.flower.executor.FlowerExecutor`).
+    """
     wall_start = time.perf_counter()
     config = settings.config
     from ecolora.sim import get_runner
 
-    if get_runner(config) is not None:
-        raise ValueError(
-            f"method {config.method!r} has its own round loop (ecolora.sim.get_runner); the Flower apps "
-            "run synchronous rounds: fedit, ffa, flora (each optionally +ecolora) and flasc."
-        )
+    runner = get_runner(config)
+    if runner is not None:
+        _refuse_unsupported(config)
     out_dir = settings.out_dir.expanduser().resolve()
+    if runner is not None:
+        return _run_loop(grid, settings, runner, out_dir)
     metrics_path = start_run_dir(config, out_dir)
     setup = build_setup(config)
     node_of = discover_partitions(
@@ -78,6 +89,34 @@ def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
     )
     logger.info("Flower run finished: %s", out_dir)
     return summary
+
+
+def _run_loop(grid: Grid, settings: FlowerSettings, runner: Any, out_dir: Any) -> dict[str, Any]:
+    """fedbuff / hierfedlora: the in-process loop with a :class:`FlowerExecutor` for the clients."""
+    from ecolora.flower.executor import FlowerExecutor
+
+    config = settings.config
+    node_of = discover_partitions(
+        grid, config.fed.num_clients, settings.node_wait_s, settings.round_timeout_s
+    )
+
+    def executor(setup: RunSetup, ledger: ByteLedger) -> FlowerExecutor:
+        return FlowerExecutor(grid, node_of, setup, ledger, settings.round_timeout_s)
+
+    summary: dict[str, Any] = runner(config, out_dir, executor=executor)
+    logger.info("Flower run finished: %s", out_dir)
+    return summary
+
+
+def _refuse_unsupported(config: RunConfig) -> None:
+    """Options the fedbuff / hierfedlora loops ignore (in-process they warn) stop a Flower run."""
+    faults = config.faults
+    ignored = [name for name in ("dropout", "straggler", "upload_failure") if getattr(faults, name)]
+    if ignored:
+        raise ValueError(
+            f"{config.method} on Flower does not simulate client faults; unset faults."
+            f"{', faults.'.join(ignored)} (real failures are handled: error replies are logged and left out)."
+        )
 
 
 def discover_partitions(

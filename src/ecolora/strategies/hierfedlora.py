@@ -141,7 +141,7 @@ class HierFedLoRA(FedIT):
         """One message per group leader (``client_ids``): the global LoRA of its group's layers."""
         if not self.plans:
             raise ValueError("HierFedLoRA has no groups yet: call form_groups(category counts) before round 1 "
-                             "(the in-process runner ecolora.sim.hier_runner does; Flower does not support it yet).")
+                             "(ecolora.sim.hier_runner does, in-process and in the Flower ServerApp).")
         messages = {}
         for cid in client_ids:
             plan = self.plans[self.group_of[cid]]

@@ -1,5 +1,8 @@
 """A Flower ``Grid`` that runs the ClientApp in this process, one message at a time.
 
+``push_messages`` runs the ClientApp at once and keeps the reply until ``pull_messages`` asks for
+it; ``send_and_receive`` is the two in a row (as in Flower's grids).
+
 Every message's content and every node's ``Context`` go through Flower's protobuf serde on the way
 (``recorddict_to_proto`` / ``context_to_proto``), as they do between SuperLink, SuperNode and the
 ``flwr-clientapp`` process, so what the apps exchange is exactly what Flower can carry. A ClientApp
@@ -51,6 +54,7 @@ class InlineGrid(Grid):
             for node_id, cfg in node_configs.items()
         }
         self.sent: list[Message] = []
+        self.waiting: dict[str, Message] = {}  # message id -> reply not pulled yet
 
     def set_run(self, run: Any) -> None:
         pass
@@ -72,17 +76,11 @@ class InlineGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = []
+        """Run the ClientApp for each message now (in push order); its reply waits for a pull."""
+        ids = []
         for msg in messages:
             self.sent.append(msg)
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # as Flower's grids do
             msg.content = _roundtrip(msg.content)
             node = msg.metadata.dst_node_id
             context = context_from_proto(context_to_proto(self.contexts[node]))
@@ -92,5 +90,15 @@ class InlineGrid(Grid):
             except Exception as exc:  # a SuperNode turns ClientApp exceptions into error replies
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             self.contexts[node] = context
-            replies.append(reply)
-        return replies
+            self.waiting[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies of those messages that are in (each is handed out once)."""
+        return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))

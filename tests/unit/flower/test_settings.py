@@ -65,13 +65,3 @@ def test_sampling_matches_the_in_process_draw():
     rng, ref = np.random.default_rng(7), np.random.default_rng(7)
     for _ in range(3):
         assert sample_clients(rng, 10, 4) == [int(c) for c in ref.choice(10, size=4, replace=False)]
-
-
-@pytest.mark.parametrize("method", ["fedbuff", "hierfedlora"])
-def test_server_refuses_methods_with_their_own_round_loop(tmp_path, method):
-    from ecolora.flower.server_app import run_server
-
-    settings = resolve_settings({"overrides": f"method={method}", "out-dir": str(tmp_path)})
-    with pytest.raises(ValueError, match=f"method '{method}' has its own round loop"):
-        run_server(grid=None, settings=settings)  # refused before the grid is used
-    assert not (tmp_path / "config.yaml").exists()
