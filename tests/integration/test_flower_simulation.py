@@ -8,12 +8,11 @@ contract and reproduce the in-process run of the same config bit for bit.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from ecolora.flower.launch import Processes, flwr_run, free_port, write_connection
+from ecolora.flower.launch import simulate
 from ecolora.flower.settings import resolve_settings
 from ecolora.sim.runner import run_experiment
 from ecolora.strategies.base import Strategy
@@ -50,16 +49,9 @@ def test_simulation_engine_with_ten_virtual_clients_matches_in_process(tmp_path)
         "out-dir": str(out),
         "round-timeout": 300.0,
     }
-    home = tmp_path / "flwr-home"
-    start = time.perf_counter()
-    with Processes(tmp_path / "procs", home) as procs:
-        port = free_port()
-        superlink = procs.superlink(port, simulation=True)
-        write_connection(home, "sim", f"127.0.0.1:{port}")
-        proc = flwr_run(ROOT, "sim", home, run_config, {"num-supernodes": 10}, timeout_s=900)
-        flower_s = time.perf_counter() - start
+    proc, superlink_log, flower_s = simulate(ROOT, tmp_path, run_config, 10, timeout_s=900)
     # `flwr run` exits 0 even when the run failed: judge by the run directory.
-    assert (out / "summary.json").is_file(), (proc.stdout[-4000:], superlink.log()[-4000:])
+    assert (out / "summary.json").is_file(), (proc.stdout[-4000:], superlink_log[-4000:])
     metrics, summary = _check_run_dir(out, "fedit+ecolora", 2)
     assert summary["num_clients"] == 10 and all(
         m["dropped"] == m["rejected"] == [] for m in metrics

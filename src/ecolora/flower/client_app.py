@@ -80,6 +80,9 @@ def query(msg: Message, context: Context) -> Message:
     """Discovery: report this node's partition (no model is loaded); or send this client's state
     (``STATE_REQUEST``: HierFedLoRA's leader role in the ServerApp needs it)."""
     if STATE_REQUEST in msg.content:
+        asked, mine = int(msg.content.config_records[STATE_REQUEST]["partition-id"]), partition_of(context.node_config)
+        if asked != mine:
+            raise ValueError(f"State requested for partition {asked}, but this SuperNode holds partition {mine}.")
         content = RecordDict()
         save_state(content, load_state(context.state), prefix=CARRIED_STATE)
         return Message(content, reply_to=msg)

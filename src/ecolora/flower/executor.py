@@ -70,6 +70,8 @@ class FlowerExecutor:
         self._pending: dict[int, tuple[Job, str, int]] = {}  # ticket -> (job, message id, download bytes)
         self._replies: dict[str, Message] = {}  # pulled, not yet asked for (message id -> reply)
         self._held: set[int] = set()  # clients whose state the ServerApp holds (setup.clients[c].state)
+        self.wait_s = 0.0  # time spent waiting for replies
+        self.num_jobs = 0
 
     # ---- jobs ----------------------------------------------------------------------------------
     def start(self, server_round: int, jobs: Sequence[Job]) -> list[int]:
@@ -89,6 +91,7 @@ class FlowerExecutor:
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))  # fmt: skip
             sizes.append(0 if job.local else wire.num_bytes)
         ids = list(self.grid.push_messages(messages))
+        self.num_jobs += len(messages)
         if len(ids) != len(messages) or not all(ids):
             raise RuntimeError(f"Flower pushed {len(ids)} of {len(messages)} messages to the SuperLink: {ids}")
         tickets = []
@@ -129,15 +132,16 @@ class FlowerExecutor:
     # ---- helpers -------------------------------------------------------------------------------
     def _pull(self, wanted: set[str]) -> None:
         """Pull until every wanted message id has a reply or ``timeout_s`` has passed."""
-        deadline = time.monotonic() + self.timeout_s
+        start = time.monotonic()
         missing = wanted - set(self._replies)
         while missing:
             for reply in self.grid.pull_messages(list(missing)):
                 self._replies[reply.metadata.reply_to_message_id] = reply
             missing -= set(self._replies)
-            if not missing or time.monotonic() >= deadline:
+            if not missing or time.monotonic() - start >= self.timeout_s:
                 break
             time.sleep(self.poll_s)
+        self.wait_s += time.monotonic() - start
 
     def _reply(self, job: Job, download_bytes: int, reply: Message | None) -> Reply:
         """Check one Flower reply and turn it into the loops' :class:`Reply`."""

@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "register_supernode",
     "run_config_args",
+    "simulate",
     "write_connection",
 ]
 
@@ -295,3 +296,27 @@ def flwr_run(
         check=False,
         cwd=app_dir,
     )
+
+
+def simulate(
+    app_dir: Path,
+    work_dir: Path,
+    run_config: Mapping[str, object],
+    num_supernodes: int,
+    timeout_s: float = 600,
+) -> tuple[subprocess.CompletedProcess, str, float]:
+    """``flwr run`` on a private simulation-mode SuperLink (Ray, ``num_supernodes`` virtual nodes).
+
+    FLWR_HOME and the process logs live under ``work_dir``; the SuperLink is stopped on return.
+    Returns ``flwr run``'s result, the SuperLink's log and the wall time in seconds (judge the run by
+    its run directory: ``flwr run`` exits 0 even when the run failed).
+    """
+    home = work_dir / "flwr-home"
+    start = time.perf_counter()
+    with Processes(work_dir / "procs", home) as procs:
+        port = free_port()
+        superlink = procs.superlink(port, simulation=True)
+        write_connection(home, "sim", f"127.0.0.1:{port}")
+        proc = flwr_run(app_dir, "sim", home, run_config, {"num-supernodes": num_supernodes}, timeout_s=timeout_s)
+        wall_s = time.perf_counter() - start
+        return proc, superlink.log(), wall_s

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -29,6 +30,7 @@ from ecolora.flower.records import PARTITION_QUERY
 from ecolora.flower.settings import FlowerSettings, resolve_settings
 from ecolora.flower.strategy import EcoloraFlowerStrategy
 from ecolora.network.ledger import ByteLedger
+from ecolora.sim.async_runner import write_summary_extras
 from ecolora.sim.runner import finish_run, start_run_dir
 from ecolora.sim.setup import RunSetup, build_setup
 
@@ -91,21 +93,33 @@ def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
     return summary
 
 
-def _run_loop(grid: Grid, settings: FlowerSettings, runner: Any, out_dir: Any) -> dict[str, Any]:
-    """fedbuff / hierfedlora: the in-process loop with a :class:`FlowerExecutor` for the clients."""
+def _run_loop(grid: Grid, settings: FlowerSettings, runner: Any, out_dir: Path) -> dict[str, Any]:
+    """fedbuff / hierfedlora: the in-process loop with a :class:`FlowerExecutor` for the clients.
+
+    summary.json gets ``flower_timing``: seconds from the loop's start to each round's (server
+    step's) end, the time spent waiting for replies and the number of client jobs.
+    """
     from ecolora.flower.executor import FlowerExecutor
 
     config = settings.config
     node_of = discover_partitions(
         grid, config.fed.num_clients, settings.node_wait_s, settings.round_timeout_s
     )
+    made: list[FlowerExecutor] = []
+    start, round_ends = time.perf_counter(), []
 
     def executor(setup: RunSetup, ledger: ByteLedger) -> FlowerExecutor:
-        return FlowerExecutor(grid, node_of, setup, ledger, settings.round_timeout_s)
+        made.append(FlowerExecutor(grid, node_of, setup, ledger, settings.round_timeout_s))
+        return made[-1]
 
-    summary: dict[str, Any] = runner(config, out_dir, executor=executor)
-    logger.info("Flower run finished: %s", out_dir)
-    return summary
+    def progress(event: str, done: int, total: int) -> None:
+        if event == "round":
+            round_ends.append(time.perf_counter() - start)
+
+    summary: dict[str, Any] = runner(config, out_dir, progress=progress, executor=executor)
+    timing = {"round_end_s": round_ends, "wait_s": made[0].wait_s, "jobs": made[0].num_jobs}
+    logger.info("Flower run finished: %s (%s)", out_dir, timing)
+    return write_summary_extras(out_dir, summary, {"flower_timing": timing})
 
 
 def _refuse_unsupported(config: RunConfig) -> None:

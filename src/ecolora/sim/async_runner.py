@@ -3,8 +3,9 @@
 Time is simulated, training is real. A job is one client's download, local training and upload:
 
 1. Dispatch at time t0: an idle client, drawn uniformly with the run's seeded generator, gets the
-   current model version (its message crosses :class:`~ecolora.sim.transport.InProcessTransport`
-   and is counted). It trains at once (real compute); the job then *arrives* at
+   current model version (a job of the executor, :mod:`ecolora.sim.executor`: its message is
+   counted as it leaves). It trains (real compute: at once in-process, concurrently with the other
+   jobs in flight on Flower SuperNodes); the job then *arrives* at
        t0 + T_down + T_compute + T_up,
    T_down and T_up from :func:`ecolora.network.tcp_transfer_time_s` over the client's link
    (``assign_profiles`` with :class:`~ecolora.network.LogNormalProfiles` around ``fedbuff.link``,
@@ -13,8 +14,8 @@ Time is simulated, training is real. A job is one client's download, local train
    z_i ~ N(0, 1) from ``np.random.default_rng([seed, i, 1])``, sigma = ``fedbuff.speed_sigma``.
 2. ``fedbuff.concurrency`` jobs are in flight at any time: each arrival frees its client and a
    new job is dispatched at the arrival time (with the model version of that moment).
-3. Arrivals are processed in time order (ties: dispatch order); each upload crosses the transport
-   when it arrives. When ``fedbuff.buffer_size`` updates are in, the server takes one step
+3. Arrivals are processed in time order (ties: dispatch order); each upload is counted and
+   decoded when it arrives (an unusable one is logged and listed in the step's ``dropped``). When ``fedbuff.buffer_size`` updates are in, the server takes one step
    (:class:`~ecolora.strategies.fedbuff.FedBuff`) and writes one metrics.jsonl row.
 
 A "round" of the run directory is one server step: ``fed.rounds`` steps are taken. Each row adds

@@ -6,7 +6,9 @@ Global round t (see :mod:`ecolora.strategies.hierfedlora` for the algorithm):
    members take part, led by the one with most examples.
 2. Per group: server -> leader (``global`` channel), tau_g x [leader -> members, local training,
    members -> leader] (``group`` channel; the leader's own messages stay on the device),
-   leader -> server (``global``). Every message crosses the transport and the ledger.
+   leader -> server (``global``). Every message crosses the wire and the ledger. The members'
+   training runs through an executor (:mod:`ecolora.sim.executor`): here, or on Flower SuperNodes
+   with the leader's role in the ServerApp; the ledger counts the same bytes either way.
 3. The server aggregates the group updates; one metrics.jsonl row per global round.
 
 The row's bytes include both channels (``upload_bytes`` = all uploads); ``intra_group_bytes``,
@@ -141,7 +143,7 @@ def _group_round(
     the leader's own included, is a job of ``work`` (default: in this process), all members of an
     intra round started at once.
     """
-    work = work or InProcessExecutor(setup, ledger)  # type: ignore[arg-type]
+    work = work or InProcessExecutor(setup, ledger)
     leader = members[0]
     leader_rt = work.borrow([leader])[leader]
     received = transport.send(server_round, leader, "down", down)
