@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,12 +108,24 @@ def client_speeds(config: RunConfig) -> tuple[str, dict[int, LinkProfile], dict[
     return scenario_key(median), links, factors
 
 
+@dataclass(frozen=True)
+class _Started:
+    """A job whose reply the loop has not waited for yet, with the earliest it can arrive."""
+
+    ticket: int
+    job_id: int
+    dispatch_s: float
+    earliest_s: float
+
+
 class _EventLoop:
     """Idle clients, jobs in flight (a heap by arrival time) and the dispatch step.
 
-    A dispatch starts a job on the executor; its arrival time needs the reply (upload size,
-    compute time), so :meth:`next_arrival` first waits for every job started since the last
-    arrival: on Flower those jobs train concurrently on their SuperNodes.
+    A dispatch starts a job on the executor. Its arrival time needs the reply (upload size, step
+    count), so a job is *started* until the loop waits for it. :meth:`next_arrival` waits only for
+    the started jobs that could arrive no later than the earliest known arrival (a lower bound:
+    dispatch + download + one local step, upload >= 0); the others keep training, so on Flower
+    the jobs in flight train concurrently while the event order stays the simulated one exactly.
     """
 
     def __init__(self, config: RunConfig, setup: RunSetup, work: ClientExecutor | InProcessTransport,
@@ -124,7 +136,7 @@ class _EventLoop:
         self.rng = np.random.default_rng(config.seed)
         self.link_key, self.links, self.factors = client_speeds(config)
         self.idle = set(range(config.fed.num_clients))
-        self.started: list[tuple[int, int, float]] = []  # (ticket, job id, dispatch time), not yet timed
+        self.started: list[_Started] = []
         self._heap: list[_Job] = []
         self.num_jobs = 0
         self.step = 0  # server steps taken
@@ -135,34 +147,61 @@ class _EventLoop:
         self.idle.remove(cid)
         message = self.setup.strategy.configure_round(self.step + 1, [cid])[cid]
         [ticket] = self.work.start(self.step + 1, [Job(cid, message)])
-        self.started.append((ticket, self.num_jobs, now))
+        download_bytes = self.ledger.entries[-1].num_bytes  # start() just recorded the download
+        earliest = now + self._download_s(cid, download_bytes) + self._compute_s(cid, {})
+        self.started.append(_Started(ticket, self.num_jobs, now, earliest))
         self.num_jobs += 1
 
-    def _time(self, job_id: int, now: float, reply: Reply) -> _Job:
+    def _download_s(self, cid: int, num_bytes: int) -> float:
+        link = self.links[cid]
+        return tcp_transfer_time_s(num_bytes, link.downlink_mbps, link.latency_ms,
+                                   reverse_rate_mbps=link.uplink_mbps, loss=link.loss)  # fmt: skip
+
+    def _compute_s(self, cid: int, metrics: Mapping[str, float]) -> float:
+        """Simulated compute time; with no metrics, its lower bound (one step, or 0 when measured)."""
+        step_time = self.config.fedbuff.step_time_s
+        if step_time:
+            base_s = step_time * float(metrics.get("num_steps", 1.0))
+        else:
+            base_s = float(metrics.get("compute_s", 0.0)) * self.config.network.compute_scale
+        return base_s * self.factors[cid]
+
+    def _time(self, job: _Started, reply: Reply) -> _Job:
         """The job's arrival in simulated time (module docstring, step 1)."""
         cid, link = reply.job.client, self.links[reply.job.client]
-        down_s = tcp_transfer_time_s(reply.download_bytes, link.downlink_mbps, link.latency_ms,
-                                     reverse_rate_mbps=link.uplink_mbps, loss=link.loss)
+        down_s = self._download_s(cid, reply.download_bytes)
         up_s = tcp_transfer_time_s(reply.upload_bytes, link.uplink_mbps, link.latency_ms,
                                    reverse_rate_mbps=link.downlink_mbps, loss=link.loss)
-        measured = float(reply.metrics.get("compute_s", 0.0))
-        step_time = self.config.fedbuff.step_time_s
-        base_s = step_time * float(reply.metrics.get("num_steps", 1.0)) if step_time else measured * self.config.network.compute_scale
-        compute_s = base_s * self.factors[cid]
-        return _Job(now + down_s + compute_s + up_s, job_id, cid, now, down_s, compute_s, up_s, measured, result=reply)
+        compute_s = self._compute_s(cid, reply.metrics)
+        now = job.dispatch_s
+        return _Job(now + down_s + compute_s + up_s, job.job_id, cid, now, down_s, compute_s, up_s,
+                    float(reply.metrics.get("compute_s", 0.0)), result=reply)  # fmt: skip
+
+    def _settle(self, jobs: list[_Started]) -> None:
+        """Wait for these started jobs and put them on the heap by arrival time."""
+        replies = self.work.wait([job.ticket for job in jobs])
+        for job in jobs:
+            heapq.heappush(self._heap, self._time(job, replies[job.ticket]))
+        self.started = [job for job in self.started if job not in jobs]
 
     @property
     def in_flight(self) -> list[_Job]:
-        """Jobs not arrived yet, a heap by arrival time (waits for the replies of started jobs)."""
+        """Jobs not arrived yet, a heap by arrival time (waits for every started job)."""
         if self.started:
-            replies = self.work.wait([ticket for ticket, _, _ in self.started])
-            for ticket, job_id, dispatched_at in self.started:
-                heapq.heappush(self._heap, self._time(job_id, dispatched_at, replies[ticket]))
-            self.started = []
+            self._settle(list(self.started))
         return self._heap
 
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._heap) + len(self.started)
+
     def next_arrival(self) -> _Job:
-        job = heapq.heappop(self.in_flight)
+        """The earliest arrival (ties: dispatch order), waiting only for jobs that might be it."""
+        first = self._heap[0].arrival_s if self._heap else math.inf
+        maybe_first = [job for job in self.started if job.earliest_s <= first]
+        if maybe_first:
+            self._settle(maybe_first)
+        job = heapq.heappop(self._heap)
         self.idle.add(job.client)
         return job
 
@@ -241,7 +280,7 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
     staleness = [s for r in history for s in r.get("staleness", [])]
     return write_summary_extras(out_dir, summary, {
         "sim_time_s": now, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
-        "jobs_discarded": len(loop.in_flight),
+        "jobs_discarded": loop.num_in_flight,
         "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
     })
 

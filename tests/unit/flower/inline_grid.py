@@ -55,6 +55,7 @@ class InlineGrid(Grid):
         }
         self.sent: list[Message] = []
         self.waiting: dict[str, Message] = {}  # message id -> reply not pulled yet
+        self.in_flight_at_push: list[int] = []  # TRAIN messages pushed and not pulled, at each push
 
     def set_run(self, run: Any) -> None:
         pass
@@ -92,6 +93,8 @@ class InlineGrid(Grid):
             self.contexts[node] = context
             self.waiting[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)
+            if msg.metadata.message_type == "train":
+                self.in_flight_at_push.append(sum(r.metadata.message_type == "train" for r in self.waiting.values()))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
