@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ecolora.report.plots import load_run
 
-__all__ = ["compare_runs", "format_markdown", "format_netsim"]
+__all__ = ["compare_runs", "format_markdown", "format_netsim", "run_labels"]
+
+# Settings that never change what a run computes: left out of the labels.
+_NOT_A_VARIANT = ("train.num_threads", "eval.batch_size")
 
 
 def compare_runs(
@@ -19,7 +24,7 @@ def compare_runs(
     scenario: str = "1/5",
 ) -> list[dict[str, Any]]:
     """One row per run: quality, params and bytes (up/total), time under ``scenario``, ratios."""
-    from ecolora.network import annotate_metrics, time_to_target
+    from ecolora.network import time_to_target
 
     if not run_dirs:
         raise ValueError("Give at least one run directory.")
@@ -28,7 +33,7 @@ def compare_runs(
         metrics, summary = load_run(Path(run_dir))
         if not summary:
             raise ValueError(f"{run_dir} has no summary.json (unfinished run?).")
-        timed, totals = annotate_metrics(metrics, [scenario])
+        timed, totals = _timings(metrics, summary, scenario, run_dir)
         key = next(iter(totals))
         row: dict[str, Any] = {
             "run": str(run_dir),
@@ -50,6 +55,8 @@ def compare_runs(
         if target_eval_loss is not None:
             row.update(_to_target(timed, key, target_eval_loss, time_to_target))
         rows.append(row)
+    for row, label in zip(rows, run_labels(run_dirs), strict=True):
+        row["label"] = label
     base = rows[0]
     if baseline is not None:
         matches = [r for r in rows if Path(r["run"]) == Path(baseline)]
@@ -60,6 +67,66 @@ def compare_runs(
         for col in ("upload_params_m", "total_params_m", "upload_mb", "total_mb", "comm_s", "train_s"):
             row[f"{col}_vs_base"] = row[col] / base[col] if base[col] else None
     return rows
+
+
+def _timings(metrics: list[dict[str, Any]], summary: Mapping[str, Any], scenario: str,
+             run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, float | int]]]:
+    """Round times under ``scenario``: the run's own ``net`` entries when every round has one
+    (FedBuff's event loop and HierFedLoRA's group rounds time themselves; a synchronous run's
+    entries come from the same model as a recomputation), else the synchronous-round model over
+    the recorded bytes and compute times."""
+    from ecolora.network.runs import TOTAL_KEYS, annotate_metrics, normalize_scenarios
+
+    key = next(iter(normalize_scenarios([scenario])))
+    if metrics and all(key in m.get("net", {}) for m in metrics):
+        totals: dict[str, float | int] = {k: float(sum(m["net"][key].get(k, 0.0) for m in metrics)) for k in TOTAL_KEYS}
+        totals["rounds"] = len(metrics)
+        return metrics, {key: totals}
+    base = str(summary.get("method", "")).partition("+")[0]
+    if base in ("fedbuff", "hierfedlora"):
+        have = sorted({k for m in metrics for k in m.get("net", {})})
+        raise ValueError(f"{run_dir}: {base} times its rounds itself and has no timing for {key} (it has {have}); "
+                         f"compare it under one of those, or re-run it with that link (fedbuff.link / network.scenarios).")
+    return annotate_metrics(metrics, [scenario])
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """A name per run: its method, and where several runs share a method, the settings that set
+    each apart from the defaults (``fedit+ecolora (ecolora.segments=False)``); the directory name
+    when their configs do not tell them apart."""
+    from ecolora.config import RunConfig
+
+    methods, flats = [], []
+    for run_dir in run_dirs:
+        _, summary = load_run(Path(run_dir))
+        methods.append(summary.get("method") or Path(run_dir).name)
+        path = Path(run_dir) / "config.yaml"
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        flats.append(_flatten(config or {}))
+    defaults = _flatten(RunConfig().to_dict())
+    labels = []
+    for i, method in enumerate(methods):
+        peers = [flats[j] for j, m in enumerate(methods) if m == method]
+        if len(peers) == 1:
+            labels.append(method)
+            continue
+        differing = sorted({k for f in peers for k in f if any(g.get(k) != f.get(k) for g in peers)}
+                           - set(_NOT_A_VARIANT))
+        mine = [f"{k}={flats[i][k]}" for k in differing if k in flats[i] and flats[i][k] != defaults.get(k)]
+        labels.append(f"{method} ({', '.join(mine)})" if mine else method)
+    # Identical configs: the directory names tell them apart.
+    return [f"{label} [{Path(run_dirs[i]).name}]" if labels.count(label) > 1 else label
+            for i, label in enumerate(labels)]
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _to_target(metrics: list[dict[str, Any]], key: str, target: float, time_to_target: Any) -> dict[str, Any]:
@@ -90,7 +157,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table: quality, params, bytes, time and ratios against the baseline."""
     cols = [
-        ("method", "method"), ("final_eval_loss", "eval loss"), ("upload_params_m", "up params (M)"),
+        ("label", "method"), ("final_eval_loss", "eval loss"), ("upload_params_m", "up params (M)"),
         ("total_params_m", "total params (M)"), ("upload_mb", "up MB"), ("total_mb", "total MB"),
         ("upload_mb_vs_base", "up vs base"), ("total_mb_vs_base", "total vs base"),
         ("upload_s", "upload s"), ("comm_s", "comm s"), ("train_s", "train s"), ("train_s_vs_base", "train vs base"),

@@ -69,14 +69,16 @@ def plot_run(run_dir: Path) -> list[Path]:
 
 def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
     """Eval loss against cumulative total MB, one line per run (the comparison plot)."""
+    from ecolora.report.compare import run_labels
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run_dir in run_dirs:
+    for run_dir, label in zip(run_dirs, run_labels(run_dirs), strict=True):
         metrics, summary = load_run(Path(run_dir))
         total = _cumsum([(m["upload_bytes"] + m["download_bytes"]) / 1e6 for m in metrics])
         pts = [(t, m["eval_loss"]) for t, m in zip(total, metrics, strict=False) if m["eval_loss"] is not None]
         if summary.get("initial_eval_loss") is not None:
             pts = [(0.0, summary["initial_eval_loss"])] + pts
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=summary.get("method", Path(run_dir).name))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set(xlabel="cumulative total traffic (MB, up + down)", ylabel="held-out eval loss", title="Quality vs bytes")
     ax.grid(alpha=0.3)
     ax.legend()
