@@ -69,7 +69,6 @@ from ecolora.sim.runner import (
     start_run_dir,
 )
 from ecolora.sim.setup import RunSetup, build_setup
-from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies.base import Message
 
 logger = logging.getLogger("ecolora")
@@ -128,10 +127,7 @@ class _EventLoop:
     the jobs in flight train concurrently while the event order stays the simulated one exactly.
     """
 
-    def __init__(self, config: RunConfig, setup: RunSetup, work: ClientExecutor | InProcessTransport,
-                 ledger: ByteLedger) -> None:  # fmt: skip
-        if isinstance(work, InProcessTransport):  # the in-process clients of ``setup``
-            work = InProcessExecutor(setup, ledger)
+    def __init__(self, config: RunConfig, setup: RunSetup, work: ClientExecutor, ledger: ByteLedger) -> None:
         self.config, self.setup, self.work, self.ledger = config, setup, work, ledger
         self.rng = np.random.default_rng(config.seed)
         self.link_key, self.links, self.factors = client_speeds(config)

@@ -113,7 +113,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
         traffic: dict[int, GroupTraffic] = {}
         for g, members in groups.items():
             uploads[members[0]], traffic[g] = _group_round(
-                strategy, setup, transport, ledger, server_round, g, members, downs[members[0]], last_replies,
+                strategy, transport, ledger, server_round, g, members, downs[members[0]], last_replies,
                 progress, work)
         metrics = strategy.aggregate_round(server_round, uploads)
         record = _round_record(quiet, setup, ledger, server_round, sampled, last_replies, traffic, metrics)
@@ -133,17 +133,15 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
 
 
 def _group_round(
-    strategy: HierFedLoRA, setup: RunSetup, transport: InProcessTransport, ledger: ByteLedger, server_round: int,
-    group: int, members: list[int], down: Message, last_replies: dict[int, Message], progress: ProgressHook | None,
-    work: ClientExecutor | None = None,
+    strategy: HierFedLoRA, transport: InProcessTransport, ledger: ByteLedger, server_round: int, group: int,
+    members: list[int], down: Message, last_replies: dict[int, Message], progress: ProgressHook | None,
+    work: ClientExecutor,
 ) -> tuple[Message, GroupTraffic]:
     """One group's part of a global round; returns the leader's upload and the group's traffic.
 
     The leader's role runs here, on the leader's state (``work.borrow``); every member's training,
-    the leader's own included, is a job of ``work`` (default: in this process), all members of an
-    intra round started at once.
+    the leader's own included, is a job of ``work``, all members of an intra round started at once.
     """
-    work = work or InProcessExecutor(setup, ledger)
     leader = members[0]
     leader_rt = work.borrow([leader])[leader]
     received = transport.send(server_round, leader, "down", down)

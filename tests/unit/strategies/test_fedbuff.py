@@ -10,7 +10,7 @@ from ecolora.config import ConfigError, load_config
 from ecolora.network import parse_scenario
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.async_runner import _EventLoop, client_speeds, play_async
-from ecolora.sim.transport import InProcessTransport
+from ecolora.sim.executor import InProcessExecutor
 from ecolora.strategies.fedbuff import FedBuff, FedBuffEcoLoRA, build_fedbuff, staleness_weight
 
 from .fakes import NoisyRuntime, lora_template
@@ -68,7 +68,7 @@ def _loop(config):
     strategy = build_fedbuff(config, init)
     setup = SimpleNamespace(strategy=strategy, clients=[NoisyRuntime(c, num_examples=c + 1) for c in range(6)])
     ledger = ByteLedger()
-    return _EventLoop(config, setup, InProcessTransport(strategy, ledger), ledger), ledger
+    return _EventLoop(config, setup, InProcessExecutor(setup, ledger), ledger), ledger
 
 
 @pytest.mark.parametrize("method", ["fedbuff", "fedbuff+ecolora"])

@@ -9,6 +9,7 @@ import torch
 from ecolora.config import ConfigError, load_config
 from ecolora.network import parse_scenario, round_timing, tcp_transfer_time_s
 from ecolora.network.ledger import ByteLedger
+from ecolora.sim.executor import InProcessExecutor
 from ecolora.sim.hier_runner import _group_round, hier_round_timing
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies import build_strategy
@@ -107,8 +108,8 @@ def _play(strategy, server_round, clients, ledger=None):
     downs = strategy.configure_round(server_round, [m[0] for m in groups.values()])
     uploads, traffic, last = {}, {}, {}
     for g, members in groups.items():
-        uploads[members[0]], traffic[g] = _group_round(strategy, setup, transport, ledger, server_round, g, members,
-                                                       downs[members[0]], last, None)
+        uploads[members[0]], traffic[g] = _group_round(strategy, transport, ledger, server_round, g, members,
+                                                       downs[members[0]], last, None, InProcessExecutor(setup, ledger))
     metrics = strategy.aggregate_round(server_round, uploads)
     return uploads, traffic, metrics, ledger
 
