@@ -49,6 +49,7 @@ __all__ = [
     "AggregationError",
     "ClientRuntime",
     "Message",
+    "clip_delta_reply",
     "Strategy",
     "TrainResult",
     "clip_factor",
@@ -302,6 +303,16 @@ def clip_factor(squared_norm: float, max_norm: float) -> tuple[float, float]:
     """(min(1, max_norm / ||U||), ||U||) from ``||U||^2``."""
     norm = math.sqrt(squared_norm)
     return (max_norm / norm if norm > max_norm else 1.0), norm
+
+
+def clip_delta_reply(reply: Message, max_norm: float) -> tuple[Message, float]:
+    """:meth:`Strategy.clip_reply` for replies whose tensors *are* the update U (a delta, or a
+    sparse update whose zeros stay zeros): every tensor scaled by one factor."""
+    factor, norm = clip_factor(sum(float(v.float().square().sum()) for v in reply.tensors.values()), max_norm)
+    if factor < 1.0:
+        reply = Message(config=reply.config, tensors={k: v.float() * factor for k, v in reply.tensors.items()},
+                        num_examples=reply.num_examples, metrics=reply.metrics)
+    return reply, norm
 
 
 def weighted_average(

@@ -38,7 +38,13 @@ from typing import Any
 import torch
 
 from ecolora.config import RunConfig
-from ecolora.strategies.base import ClientRuntime, Message, Strategy, clip_factor, register_strategy
+from ecolora.strategies.base import (
+    ClientRuntime,
+    Message,
+    Strategy,
+    clip_delta_reply,
+    register_strategy,
+)
 from ecolora.strategies.ecolora import EcoLoRA
 from ecolora.strategies.fedit import FedIT, _train_metrics
 
@@ -119,11 +125,7 @@ class FedBuff(_Versioned, FedIT):
 
     def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
         """Clip the delta U_i itself."""
-        factor, norm = clip_factor(sum(float(v.float().square().sum()) for v in reply.tensors.values()), max_norm)
-        if factor < 1.0:
-            reply = Message(config=reply.config, tensors={k: v.float() * factor for k, v in reply.tensors.items()},
-                            num_examples=reply.num_examples, metrics=reply.metrics)
-        return reply, norm
+        return clip_delta_reply(reply, max_norm)
 
     # ---- client ------------------------------------------------------------------------------
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:

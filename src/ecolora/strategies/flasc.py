@@ -33,7 +33,7 @@ import torch
 
 from ecolora import codec
 from ecolora.compress import ErrorFeedback
-from ecolora.strategies.base import ClientRuntime, Message, clip_factor, register_strategy
+from ecolora.strategies.base import ClientRuntime, Message, clip_delta_reply, register_strategy
 from ecolora.strategies.fedit import FedIT, _train_metrics
 
 __all__ = ["FLASC"]
@@ -63,11 +63,7 @@ class FLASC(FedIT):
 
     def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
         """Clip the sparse update S_i itself (zeros stay zeros)."""
-        factor, norm = clip_factor(sum(float(v.float().square().sum()) for v in reply.tensors.values()), max_norm)
-        if factor < 1.0:
-            reply = Message(config=reply.config, tensors={k: v.float() * factor for k, v in reply.tensors.items()},
-                            num_examples=reply.num_examples, metrics=reply.metrics)
-        return reply, norm
+        return clip_delta_reply(reply, max_norm)
 
     # ---- client ------------------------------------------------------------------------------
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:

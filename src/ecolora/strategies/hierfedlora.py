@@ -47,7 +47,7 @@ from ecolora.strategies.base import (
     ClientRuntime,
     Message,
     Strategy,
-    clip_factor,
+    clip_delta_reply,
     register_strategy,
     weighted_average,
 )
@@ -247,11 +247,7 @@ class HierFedLoRA(FedIT):
 
     def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
         """Clip the group update U_g."""
-        factor, norm = clip_factor(sum(float(v.float().square().sum()) for v in reply.tensors.values()), max_norm)
-        if factor < 1.0:
-            reply = Message(config=reply.config, tensors={k: v.float() * factor for k, v in reply.tensors.items()},
-                            num_examples=reply.num_examples, metrics=reply.metrics)
-        return reply, norm
+        return clip_delta_reply(reply, max_norm)
 
     # ---- client (member) ---------------------------------------------------------------------
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:
