@@ -53,6 +53,7 @@ __all__ = [
     "Strategy",
     "TrainResult",
     "clip_factor",
+    "overlay_lora",
     "get_strategy_class",
     "register_strategy",
     "strategy_names",
@@ -303,6 +304,14 @@ def clip_factor(squared_norm: float, max_norm: float) -> tuple[float, float]:
     """(min(1, max_norm / ||U||), ||U||) from ``||U||^2``."""
     norm = math.sqrt(squared_norm)
     return (max_norm / norm if norm > max_norm else 1.0), norm
+
+
+def overlay_lora(initial: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of every tensor of ``initial`` with those ``state`` holds in its place (what a
+    strategy that exchanges only part of the LoRA, e.g. FFA-LoRA's B, evaluates and saves)."""
+    full = {k: v.clone() for k, v in initial.items()}
+    full.update({k: v.clone() for k, v in state.items()})
+    return full
 
 
 def clip_delta_reply(reply: Message, max_norm: float) -> tuple[Message, float]:

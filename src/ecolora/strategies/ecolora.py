@@ -44,6 +44,7 @@ from ecolora.strategies.base import (
     Strategy,
     clip_factor,
     get_strategy_class,
+    overlay_lora,
 )
 from ecolora.strategies.fedit import FedIT, _train_metrics, is_lora_a
 from ecolora.strategies.segments import SegmentLayout, assign_segment
@@ -209,9 +210,7 @@ class EcoLoRA(Strategy):
         return reply, norm
 
     def global_lora(self) -> dict[str, torch.Tensor]:
-        full = {k: v.clone() for k, v in self.initial_lora.items()}
-        full.update({k: v.clone() for k, v in self.global_state.items()})
-        return full
+        return overlay_lora(self.initial_lora, self.global_state)
 
     # ---- client ------------------------------------------------------------------------------
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from ecolora.strategies.base import ClientRuntime, Message, Strategy, clip_factor, register_strategy
+from ecolora.strategies.base import (
+    ClientRuntime,
+    Message,
+    Strategy,
+    clip_factor,
+    overlay_lora,
+    register_strategy,
+)
 
 __all__ = ["FedIT", "FFALoRA", "is_lora_a"]
 
@@ -81,9 +88,7 @@ class FedIT(Strategy):
         return reply, norm
 
     def global_lora(self) -> dict[str, torch.Tensor]:
-        full = {k: v.clone() for k, v in self.initial_lora.items()}
-        full.update({k: v.clone() for k, v in self.global_state.items()})
-        return full
+        return overlay_lora(self.initial_lora, self.global_state)
 
     # ---- client ------------------------------------------------------------------------------
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:
