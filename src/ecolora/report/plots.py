@@ -71,17 +71,29 @@ def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
     """Eval loss against cumulative total MB, one line per run (the comparison plot)."""
     from ecolora.report.compare import run_labels
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = []
     for run_dir, label in zip(run_dirs, run_labels(run_dirs), strict=True):
         metrics, summary = load_run(Path(run_dir))
         total = _cumsum([(m["upload_bytes"] + m["download_bytes"]) / 1e6 for m in metrics])
         pts = [(t, m["eval_loss"]) for t, m in zip(total, metrics, strict=False) if m["eval_loss"] is not None]
-        if summary.get("initial_eval_loss") is not None:
-            pts = [(0.0, summary["initial_eval_loss"])] + pts
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax.set(xlabel="cumulative total traffic (MB, up + down)", ylabel="held-out eval loss", title="Quality vs bytes")
+        curves.append((label, summary.get("initial_eval_loss"), pts))
+    # Runs whose traffic differs by more than 20x (FLoRA's download) share a log axis; the start
+    # (0 MB, initial loss) then has no place on it and is left out.
+    ends = [pts[-1][0] for _, _, pts in curves if pts and pts[-1][0] > 0]
+    log_x = len(ends) > 1 and max(ends) > 20 * min(ends)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for i, (label, initial, pts) in enumerate(curves):
+        if initial is not None and not log_x:
+            pts = [(0.0, initial)] + pts
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv"[i % 5], color=colors[i % len(colors)],
+                linestyle="--" if "+ecolora" in label else "-", label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel="cumulative total traffic (MB, up + down)" + (", log scale" if log_x else ""),
+           ylabel="held-out eval loss", title="Quality vs bytes")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
