@@ -328,7 +328,8 @@ def write_summary_extras(out_dir: Path, summary: dict[str, Any], extras: dict[st
 
 
 def warn_unsupported(config: RunConfig, resume: bool) -> None:
-    """Say which run options these loops do not implement (checkpoints, client faults)."""
+    """Say which run options these loops do not implement: client faults, and ``resume`` for a loop
+    without checkpoints (FedBuff; HierFedLoRA resumes from its own and passes ``resume=False``)."""
     if resume:
         logger.warning("%s has no checkpoints yet; --resume starts the run over.", config.method)
     faults = config.faults

@@ -49,6 +49,7 @@ __all__ = [
     "ResumeError",
     "capture_rng",
     "capture_run",
+    "checkpoint_due",
     "checkpoint_path",
     "decode_tree",
     "encode_tree",
@@ -73,6 +74,11 @@ class ResumeError(ValueError):
 # ---- files ---------------------------------------------------------------------------------------
 def checkpoint_path(directory: Path, server_round: int) -> Path:
     return Path(directory) / f"round-{server_round:06d}.safetensors"
+
+
+def checkpoint_due(server_round: int, every: int, rounds: int) -> bool:
+    """Whether a run of ``rounds`` rounds checkpoints after ``server_round`` (every ``every``, 0: never, and the last)."""
+    return every > 0 and (server_round % every == 0 or server_round == rounds)
 
 
 def save_checkpoint(directory: Path, server_round: int, state: Mapping[str, Any], keep: int = 2) -> Path:

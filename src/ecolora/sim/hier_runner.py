@@ -24,6 +24,14 @@ long as its slowest group,
 with round_s_r the synchronous round time (:func:`ecolora.network.round_timing`) of intra round r
 over the intra-group links (``hier.intra_link``, or each member's own link), the leader counted
 with zero bytes; ``comm_s`` = T_g minus the critical members' compute.
+
+Checkpoints (in-process executor): after every ``fed.checkpoint_every`` global rounds and after
+the last, the synchronous runner's checkpoint (:func:`ecolora.sim.checkpoint.capture_run`: the
+strategy's global LoRA, views, group plans and losses, every client's state with its view and
+residuals, the sampler and global RNGs, the ledger, the metrics history); ``resume=True``
+continues from the newest one and ends bit for bit as the uninterrupted run. The group models of
+a round are not saved: each round rebuilds them from the server's message. On Flower the clients'
+states live on the SuperNodes, so, like the synchronous Flower path, no checkpoints are written.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from ecolora.sim.async_runner import (
     without_network_scenarios,
     write_summary_extras,
 )
+from ecolora.sim.checkpoint import capture_run, checkpoint_due, restore_run, save_checkpoint
 from ecolora.sim.executor import (
     ClientExecutor,
     ExecutorFactory,
@@ -55,7 +64,11 @@ from ecolora.sim.executor import (
     receive_reply,
 )
 from ecolora.sim.runner import (
+    CHECKPOINT_DIR,
     ProgressHook,
+    _checkpoint_to_resume,
+    _config_json,
+    _rewrite_metrics,
     evaluate_global,
     finish_round,
     finish_run,
@@ -85,9 +98,10 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     server run here either way.
     """
     wall_start = time.perf_counter()
-    warn_unsupported(config, resume)
+    warn_unsupported(config, resume=False)  # resume: from this loop's own checkpoints
     out_dir = Path(out_dir)
-    metrics_path = start_run_dir(config, out_dir)
+    restored = _checkpoint_to_resume(config, out_dir) if resume else None
+    metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
     setup = build_setup(config)
     strategy = setup.strategy
     if not isinstance(strategy, HierFedLoRA):
@@ -97,13 +111,21 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     ledger = ByteLedger()
     transport = InProcessTransport(strategy, ledger)  # server <-> leaders: the ServerApp's own traffic
     work = (executor or InProcessExecutor)(setup, ledger)
+    checkpoint_every = config.fed.checkpoint_every if isinstance(work, InProcessExecutor) else 0
     rng = np.random.default_rng(config.seed)
     quiet = without_network_scenarios(config)
     sizes = {c.client_id: c.num_examples for c in setup.clients}
-    initial_eval = evaluate_global(setup)
-    logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
-    history: list[dict[str, Any]] = []
-    for server_round in range(1, config.fed.rounds + 1):
+    if restored is None:
+        history: list[dict[str, Any]] = []
+        initial_eval, prior_wall_s, first_round = evaluate_global(setup), 0.0, 1
+        logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
+    else:
+        restore_run(restored, setup, rng, ledger)
+        history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
+        prior_wall_s, first_round = float(restored["wall_s"]), int(restored["round"]) + 1
+        _rewrite_metrics(metrics_path, history)
+        logger.info("Resuming %s after round %d of %d", out_dir, first_round - 1, config.fed.rounds)
+    for server_round in range(first_round, config.fed.rounds + 1):
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
         groups = strategy.round_groups(sampled, sizes)
         downs = strategy.configure_round(server_round, [members[0] for members in groups.values()])
@@ -123,9 +145,15 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
         history.append(record)
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if checkpoint_due(server_round, checkpoint_every, config.fed.rounds):
+            extra = {"config_json": _config_json(config), "initial_eval": initial_eval,
+                     "wall_s": prior_wall_s + time.perf_counter() - wall_start}
+            save_checkpoint(out_dir / CHECKPOINT_DIR, server_round,
+                            capture_run(setup, server_round, rng, ledger, history, extra))
         if progress:
             progress("round", server_round, config.fed.rounds)
-    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start)
+    wall_s = prior_wall_s + time.perf_counter() - wall_start
+    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, wall_s)
     return write_summary_extras(out_dir, summary, {
         "intra_group_bytes": int(sum(r["intra_group_bytes"] for r in history)),
         "groups": [p.to_dict() for p in plans],

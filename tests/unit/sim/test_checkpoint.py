@@ -14,6 +14,7 @@ import ecolora.sim.checkpoint as ckpt
 from ecolora.sim.checkpoint import (
     PAUSE_ENV,
     capture_rng,
+    checkpoint_due,
     checkpoint_path,
     decode_tree,
     encode_tree,
@@ -156,3 +157,9 @@ def test_rng_states_restore_every_generator(tmp_path):
     restore_rng(latest_checkpoint(tmp_path)["rng"], other)
     got = (random.random(), np.random.rand(), torch.rand(2), other.random())
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2]) and got[3] == expected[3]
+
+
+def test_checkpoint_due_every_n_rounds_and_after_the_last():
+    assert [r for r in range(1, 8) if checkpoint_due(r, 3, 7)] == [3, 6, 7]
+    assert [r for r in range(1, 4) if checkpoint_due(r, 1, 3)] == [1, 2, 3]
+    assert not any(checkpoint_due(r, 0, 3) for r in range(1, 4))
