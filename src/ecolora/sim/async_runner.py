@@ -26,6 +26,13 @@ buffer within the step (its critical path). Jobs still in flight at the end are 
 their downloads count, their uploads never happen (``jobs_discarded`` in summary.json). With the
 measured compute time the event order depends on the machine's speed; set ``fedbuff.step_time_s``
 for a run that repeats exactly.
+
+Checkpoints (in-process executor): after every ``fed.checkpoint_every`` server steps and after the
+last, :func:`ecolora.sim.checkpoint.capture_run` (strategy, clients, ledger, RNGs with the loop's
+generator, history) plus the loop: the simulated time, idle clients, counters and every job in
+flight with its reply (wire bytes, reported metrics, phase times). ``resume=True`` continues from
+there bit for bit. On Flower the clients' states live on the SuperNodes, so, like the synchronous
+Flower path, no checkpoints are written.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from ecolora.network import (
 )
 from ecolora.network.ledger import ByteLedger
 from ecolora.network.tcp import tcp_transfer_time_s
+from ecolora.sim.checkpoint import capture_run, checkpoint_due, restore_run, save_checkpoint
 from ecolora.sim.executor import (
     ClientExecutor,
     ExecutorFactory,
@@ -62,13 +70,18 @@ from ecolora.sim.executor import (
     receive_reply,
 )
 from ecolora.sim.runner import (
+    CHECKPOINT_DIR,
     ProgressHook,
+    _checkpoint_to_resume,
+    _config_json,
+    _rewrite_metrics,
     evaluate_global,
     finish_round,
     finish_run,
     start_run_dir,
 )
 from ecolora.sim.setup import RunSetup, build_setup
+from ecolora.sim.transport import WireMessage
 from ecolora.strategies.base import Message
 
 logger = logging.getLogger("ecolora")
@@ -117,6 +130,27 @@ class _Started:
     earliest_s: float
 
 
+def _job_state(job: _Job) -> dict[str, Any]:
+    """A job in flight (not received yet) as checkpointable values."""
+    assert job.reply is None and job.result.message is None, "only jobs in flight are saved"
+    result = job.result
+    timing = {f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.name not in ("result", "reply")}
+    return {**timing, "job": {"client": result.job.client, "channel": result.job.channel, "local": result.job.local,
+                              "message": dataclasses.asdict(result.job.message)},
+            "download_bytes": result.download_bytes, "metrics": dict(result.metrics), "reason": result.reason,
+            "source": result.source,
+            "wire": None if result.wire is None else {"payload": result.wire.payload, "header": result.wire.header}}
+
+
+def _job_from_state(state: Mapping[str, Any]) -> _Job:
+    job = state["job"]
+    sent = Job(int(job["client"]), Message(**job["message"]), job["channel"], bool(job["local"]))
+    wire = None if state["wire"] is None else WireMessage(state["wire"]["payload"], state["wire"]["header"])
+    result = Reply(sent, int(state["download_bytes"]), wire, dict(state["metrics"]), state["reason"], state["source"])
+    timing = {f.name: state[f.name] for f in dataclasses.fields(_Job) if f.name not in ("result", "reply")}
+    return _Job(**timing, result=result)
+
+
 class _EventLoop:
     """Idle clients, jobs in flight (a heap by arrival time) and the dispatch step.
 
@@ -137,6 +171,20 @@ class _EventLoop:
         self.num_jobs = 0
         self.step = 0  # server steps taken
         self.last_metrics: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Idle clients, counters and every job in flight with its reply (waits for the started ones:
+        in-process they are done already, and the event order does not depend on when they settle).
+        The loop's generator is saved by the caller (the checkpoint's sampler)."""
+        return {"idle": set(self.idle), "num_jobs": self.num_jobs, "step": self.step,
+                "in_flight": [_job_state(job) for job in self.in_flight]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.idle = {int(c) for c in state["idle"]}
+        self.num_jobs, self.step = int(state["num_jobs"]), int(state["step"])
+        self.started = []
+        self._heap = [_job_from_state(job) for job in state["in_flight"]]
+        heapq.heapify(self._heap)
 
     def dispatch(self, now: float) -> None:
         cid = int(self.rng.choice(sorted(self.idle)))
@@ -203,8 +251,11 @@ class _EventLoop:
 
 
 def play_async(loop: _EventLoop, rounds: int, buffer_size: int, on_step: StepHook,
-               progress: ProgressHook | None = None) -> float:
+               progress: ProgressHook | None = None, resume_at_s: float | None = None) -> float:
     """Run the event loop until ``rounds`` server steps are taken; return the final simulated time.
+
+    ``resume_at_s``: continue a loop restored from a checkpoint taken in ``on_step`` at that
+    simulated time (its buffer empty, the replacement job not dispatched yet).
 
     ``on_step(jobs, buffer, now)`` is called once per full buffer, right after the server step
     (``loop.step`` already counts it), with the buffered jobs in arrival order;
@@ -215,9 +266,14 @@ def play_async(loop: _EventLoop, rounds: int, buffer_size: int, on_step: StepHoo
     buffer: dict[int, Message] = {}
     jobs: list[_Job] = []
     dropped: list[dict[str, Any]] = []
-    now = 0.0
-    for _ in range(loop.config.fedbuff.concurrency):
-        loop.dispatch(now)
+    if resume_at_s is None:
+        now = 0.0
+        for _ in range(loop.config.fedbuff.concurrency):
+            loop.dispatch(now)
+    else:
+        now = resume_at_s
+        if loop.step < rounds:
+            loop.dispatch(now)
     while loop.step < rounds:
         # ---- the next arrival crosses the wire and joins the buffer ----------------------------
         job = loop.next_arrival()
@@ -253,16 +309,27 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
     process); the event loop and the server run here either way.
     """
     wall_start = time.perf_counter()
-    warn_unsupported(config, resume)
+    warn_unsupported(config)
     out_dir = Path(out_dir)
-    metrics_path = start_run_dir(config, out_dir)
+    restored = _checkpoint_to_resume(config, out_dir) if resume else None
+    metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
     setup = build_setup(config)
     ledger = ByteLedger()
-    loop = _EventLoop(config, setup, (executor or InProcessExecutor)(setup, ledger), ledger)
+    work = (executor or InProcessExecutor)(setup, ledger)
+    checkpoint_every = config.fed.checkpoint_every if isinstance(work, InProcessExecutor) else 0
+    loop = _EventLoop(config, setup, work, ledger)
     quiet = without_network_scenarios(config)
-    initial_eval = evaluate_global(setup)
-    logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
-    history: list[dict[str, Any]] = []
+    if restored is None:
+        history: list[dict[str, Any]] = []
+        initial_eval, prior_wall_s, resume_at_s = evaluate_global(setup), 0.0, None
+        logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
+    else:
+        restore_run(restored, setup, loop.rng, ledger)
+        loop.load_state_dict(restored["loop"])
+        history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
+        prior_wall_s, resume_at_s = float(restored["wall_s"]), float(restored["sim_time_s"])
+        _rewrite_metrics(metrics_path, history)
+        logger.info("Resuming %s after step %d of %d", out_dir, loop.step, config.fed.rounds)
 
     def on_step(jobs: list[_Job], buffer: dict[int, Message], now: float) -> None:
         start = history[-1]["sim_time_s"] if history else 0.0
@@ -270,9 +337,15 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
         history.append(record)
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if checkpoint_due(loop.step, checkpoint_every, config.fed.rounds):
+            extra = {"config_json": _config_json(config), "initial_eval": initial_eval, "sim_time_s": now,
+                     "wall_s": prior_wall_s + time.perf_counter() - wall_start, "loop": loop.state_dict()}
+            save_checkpoint(out_dir / CHECKPOINT_DIR, loop.step,
+                            capture_run(setup, loop.step, loop.rng, ledger, history, extra))
 
-    now = play_async(loop, config.fed.rounds, config.fedbuff.buffer_size, on_step, progress)
-    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, time.perf_counter() - wall_start)
+    now = play_async(loop, config.fed.rounds, config.fedbuff.buffer_size, on_step, progress, resume_at_s)
+    wall_s = prior_wall_s + time.perf_counter() - wall_start
+    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, wall_s)
     staleness = [s for r in history for s in r.get("staleness", [])]
     return write_summary_extras(out_dir, summary, {
         "sim_time_s": now, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
@@ -327,11 +400,8 @@ def write_summary_extras(out_dir: Path, summary: dict[str, Any], extras: dict[st
     return summary
 
 
-def warn_unsupported(config: RunConfig, resume: bool) -> None:
-    """Say which run options these loops do not implement: client faults, and ``resume`` for a loop
-    without checkpoints (FedBuff; HierFedLoRA resumes from its own and passes ``resume=False``)."""
-    if resume:
-        logger.warning("%s has no checkpoints yet; --resume starts the run over.", config.method)
+def warn_unsupported(config: RunConfig) -> None:
+    """Say which run options these loops do not implement (client faults)."""
     faults = config.faults
     if faults.dropout or faults.straggler or faults.upload_failure:
         logger.warning("faults.dropout/straggler/upload_failure are ignored by %s.", config.method)

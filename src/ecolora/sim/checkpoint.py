@@ -175,7 +175,8 @@ def encode_tree(value: Any, tensors: dict[str, torch.Tensor] | None = None) -> t
     """JSON-able tree and the tensors it refers to (``{"__tensor__": name}``).
 
     Handles dicts (any hashable JSON-able keys), lists, tuples, sets, numpy arrays and scalars,
-    tensors and JSON scalars; anything else raises TypeError naming its type.
+    tensors, bytes (as ``uint8`` tensors) and JSON scalars; anything else raises TypeError naming
+    its type.
     """
     tensors = {} if tensors is None else tensors
 
@@ -194,6 +195,10 @@ def encode_tree(value: Any, tensors: dict[str, torch.Tensor] | None = None) -> t
             return {"__tuple__": [enc(x) for x in v]}
         if isinstance(v, set | frozenset):
             return {"__set__": [enc(x) for x in sorted(v, key=repr)]}
+        if isinstance(v, bytes):  # wire payloads (FedBuff's replies in flight)
+            name = f"t{len(tensors)}"
+            tensors[name] = torch.from_numpy(np.frombuffer(v, dtype=np.uint8).copy())
+            return {"__bytes__": name}
         if isinstance(v, np.ndarray):
             return {"__ndarray__": v.tolist(), "dtype": str(v.dtype)}
         if isinstance(v, np.generic):
@@ -213,6 +218,8 @@ def decode_tree(tree: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         return tree
     if "__tensor__" in tree:
         return tensors[tree["__tensor__"]]
+    if "__bytes__" in tree:
+        return tensors[tree["__bytes__"]].numpy().tobytes()
     if "__items__" in tree:
         return {_hashable(decode_tree(k, tensors)): decode_tree(v, tensors) for k, v in tree["__items__"]}
     if "__tuple__" in tree:

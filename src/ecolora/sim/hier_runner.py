@@ -98,7 +98,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     server run here either way.
     """
     wall_start = time.perf_counter()
-    warn_unsupported(config, resume=False)  # resume: from this loop's own checkpoints
+    warn_unsupported(config)
     out_dir = Path(out_dir)
     restored = _checkpoint_to_resume(config, out_dir) if resume else None
     metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)

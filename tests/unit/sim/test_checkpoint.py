@@ -41,6 +41,7 @@ def _state(server_round: int) -> dict:
         "pair": (1, "two", (3.5, None)),
         "counts": np.arange(4, dtype=np.int64),
         "scalar": np.float32(0.25),
+        "wire": [b"\x00payload\xff", b""],
     }
 
 
