@@ -60,7 +60,16 @@ from ecolora.network import (
 )
 from ecolora.network.ledger import ByteLedger
 from ecolora.network.tcp import tcp_transfer_time_s
-from ecolora.sim.checkpoint import capture_run, checkpoint_due, restore_run, save_checkpoint
+from ecolora.sim.checkpoint import (
+    CHECKPOINT_DIR,
+    capture_run,
+    checkpoint_due,
+    config_json,
+    restore_run,
+    resume_state,
+    rewrite_metrics,
+    save_checkpoint,
+)
 from ecolora.sim.executor import (
     ClientExecutor,
     ExecutorFactory,
@@ -70,11 +79,7 @@ from ecolora.sim.executor import (
     receive_reply,
 )
 from ecolora.sim.runner import (
-    CHECKPOINT_DIR,
     ProgressHook,
-    _checkpoint_to_resume,
-    _config_json,
-    _rewrite_metrics,
     evaluate_global,
     finish_round,
     finish_run,
@@ -311,7 +316,7 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
     wall_start = time.perf_counter()
     warn_unsupported(config)
     out_dir = Path(out_dir)
-    restored = _checkpoint_to_resume(config, out_dir) if resume else None
+    restored = resume_state(config, out_dir) if resume else None
     metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
     setup = build_setup(config)
     ledger = ByteLedger()
@@ -328,7 +333,7 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
         loop.load_state_dict(restored["loop"])
         history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
         prior_wall_s, resume_at_s = float(restored["wall_s"]), float(restored["sim_time_s"])
-        _rewrite_metrics(metrics_path, history)
+        rewrite_metrics(metrics_path, history)
         logger.info("Resuming %s after step %d of %d", out_dir, loop.step, config.fed.rounds)
 
     def on_step(jobs: list[_Job], buffer: dict[int, Message], now: float) -> None:
@@ -338,7 +343,7 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if checkpoint_due(loop.step, checkpoint_every, config.fed.rounds):
-            extra = {"config_json": _config_json(config), "initial_eval": initial_eval, "sim_time_s": now,
+            extra = {"config_json": config_json(config), "initial_eval": initial_eval, "sim_time_s": now,
                      "wall_s": prior_wall_s + time.perf_counter() - wall_start, "loop": loop.state_dict()}
             save_checkpoint(out_dir / CHECKPOINT_DIR, loop.step,
                             capture_run(setup, loop.step, loop.rng, ledger, history, extra))

@@ -38,12 +38,14 @@ from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ecolora.config import RunConfig
     from ecolora.network.ledger import ByteLedger
     from ecolora.sim.setup import RunSetup
 
 logger = logging.getLogger("ecolora")
 
 __all__ = [
+    "CHECKPOINT_DIR",
     "CHECKPOINT_FORMAT",
     "PAUSE_ENV",
     "ResumeError",
@@ -51,6 +53,7 @@ __all__ = [
     "capture_run",
     "checkpoint_due",
     "checkpoint_path",
+    "config_json",
     "decode_tree",
     "encode_tree",
     "latest_checkpoint",
@@ -58,9 +61,12 @@ __all__ = [
     "load_checkpoint",
     "restore_rng",
     "restore_run",
+    "resume_state",
+    "rewrite_metrics",
     "save_checkpoint",
 ]
 
+CHECKPOINT_DIR = "checkpoints"  # inside a run directory
 CHECKPOINT_FORMAT = "ecolora-checkpoint-1"
 PAUSE_ENV = "ECOLORA_TEST_CHECKPOINT_PAUSE"
 _NAME = re.compile(r"^round-(\d{6})\.safetensors$")
@@ -135,6 +141,37 @@ def latest_checkpoint(directory: Path) -> dict[str, Any] | None:
         except ValueError as exc:
             logger.warning("Skipping checkpoint of round %d: %s", server_round, exc)
     return None
+
+
+# ---- resuming a run directory (shared by the sync, hierarchical and asynchronous loops) ----------
+def config_json(config: RunConfig) -> str:
+    """The canonical JSON of a run's config, stored in each checkpoint to refuse a changed config."""
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def resume_state(config: RunConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The run's last complete checkpoint (None: none yet); refuses one of another config."""
+    out_dir = Path(out_dir)
+    state = latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    if state is None:
+        logger.warning("No complete checkpoint in %s; starting the run over.", out_dir / CHECKPOINT_DIR)
+        return None
+    if state["config_json"] != config_json(config):
+        saved, now = json.loads(state["config_json"]), json.loads(config_json(config))
+        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        raise ResumeError(
+            f"{out_dir}/config.yaml differs from the config its checkpoint of round {state['round']} "
+            f"was written with (sections {diff}); resume with the original config.yaml."
+        )
+    return state
+
+
+def rewrite_metrics(metrics_path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as of the checkpoint (drops rounds written after it), replaced atomically."""
+    metrics_path = Path(metrics_path)
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    tmp.replace(metrics_path)
 
 
 def _write_atomic(path: Path, data: bytes, server_round: int) -> None:

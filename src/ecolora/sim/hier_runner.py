@@ -55,7 +55,16 @@ from ecolora.sim.async_runner import (
     without_network_scenarios,
     write_summary_extras,
 )
-from ecolora.sim.checkpoint import capture_run, checkpoint_due, restore_run, save_checkpoint
+from ecolora.sim.checkpoint import (
+    CHECKPOINT_DIR,
+    capture_run,
+    checkpoint_due,
+    config_json,
+    restore_run,
+    resume_state,
+    rewrite_metrics,
+    save_checkpoint,
+)
 from ecolora.sim.executor import (
     ClientExecutor,
     ExecutorFactory,
@@ -64,11 +73,7 @@ from ecolora.sim.executor import (
     receive_reply,
 )
 from ecolora.sim.runner import (
-    CHECKPOINT_DIR,
     ProgressHook,
-    _checkpoint_to_resume,
-    _config_json,
-    _rewrite_metrics,
     evaluate_global,
     finish_round,
     finish_run,
@@ -100,7 +105,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     wall_start = time.perf_counter()
     warn_unsupported(config)
     out_dir = Path(out_dir)
-    restored = _checkpoint_to_resume(config, out_dir) if resume else None
+    restored = resume_state(config, out_dir) if resume else None
     metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
     setup = build_setup(config)
     strategy = setup.strategy
@@ -123,7 +128,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
         restore_run(restored, setup, rng, ledger)
         history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
         prior_wall_s, first_round = float(restored["wall_s"]), int(restored["round"]) + 1
-        _rewrite_metrics(metrics_path, history)
+        rewrite_metrics(metrics_path, history)
         logger.info("Resuming %s after round %d of %d", out_dir, first_round - 1, config.fed.rounds)
     for server_round in range(first_round, config.fed.rounds + 1):
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
@@ -146,7 +151,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if checkpoint_due(server_round, checkpoint_every, config.fed.rounds):
-            extra = {"config_json": _config_json(config), "initial_eval": initial_eval,
+            extra = {"config_json": config_json(config), "initial_eval": initial_eval,
                      "wall_s": prior_wall_s + time.perf_counter() - wall_start}
             save_checkpoint(out_dir / CHECKPOINT_DIR, server_round,
                             capture_run(setup, server_round, rng, ledger, history, extra))

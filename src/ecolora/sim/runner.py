@@ -31,10 +31,13 @@ import yaml
 from ecolora.config import RunConfig
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.checkpoint import (
-    ResumeError,
+    CHECKPOINT_DIR,
     capture_run,
-    latest_checkpoint,
+    checkpoint_due,
+    config_json,
     restore_run,
+    resume_state,
+    rewrite_metrics,
     save_checkpoint,
 )
 from ecolora.sim.faults import draw_fault, upload
@@ -46,7 +49,6 @@ from ecolora.strategies.base import Message
 logger = logging.getLogger("ecolora")
 
 __all__ = [
-    "CHECKPOINT_DIR",
     "ProgressHook",
     "evaluate_global",
     "finish_round",
@@ -57,7 +59,6 @@ __all__ = [
 ]
 
 ProgressHook = Callable[[str, int, int], None]  # (event, done, total): "round" / "client"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def run_experiment(
@@ -76,7 +77,7 @@ def run_experiment(
         return runner(config, out_dir, progress, resume)
     wall_start = time.perf_counter()
     out_dir = Path(out_dir)
-    restored = _checkpoint_to_resume(config, out_dir) if resume else None
+    restored = resume_state(config, out_dir) if resume else None
     metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
     setup = build_setup(config)
     ledger = ByteLedger()
@@ -91,7 +92,7 @@ def run_experiment(
         restore_run(restored, setup, rng, ledger)
         history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
         prior_wall_s, first_round = float(restored["wall_s"]), int(restored["round"]) + 1
-        _rewrite_metrics(metrics_path, history)
+        rewrite_metrics(metrics_path, history)
         logger.info("Resuming %s after round %d of %d", out_dir, first_round - 1, fed.rounds)
 
     for server_round in range(first_round, fed.rounds + 1):
@@ -105,9 +106,8 @@ def run_experiment(
         history.append(record)
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        every = fed.checkpoint_every
-        if every > 0 and (server_round % every == 0 or server_round == fed.rounds):
-            extra = {"config_json": _config_json(config), "initial_eval": initial_eval,
+        if checkpoint_due(server_round, fed.checkpoint_every, fed.rounds):
+            extra = {"config_json": config_json(config), "initial_eval": initial_eval,
                      "wall_s": prior_wall_s + time.perf_counter() - wall_start}
             save_checkpoint(out_dir / CHECKPOINT_DIR, server_round,
                             capture_run(setup, server_round, rng, ledger, history, extra))
@@ -165,33 +165,6 @@ def _play_round(
     if dropped:
         logger.info("round %d: %d client(s) dropped: %s", server_round, len(dropped), dropped)
     return arrived, per_client, {**strategy.aggregate_end(server_round), "dropped": dropped}
-
-
-def _config_json(config: RunConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
-
-
-def _checkpoint_to_resume(config: RunConfig, out_dir: Path) -> dict[str, Any] | None:
-    """The run's last complete checkpoint (None: none yet); refuses one of another config."""
-    state = latest_checkpoint(out_dir / CHECKPOINT_DIR)
-    if state is None:
-        logger.warning("No complete checkpoint in %s; starting the run over.", out_dir / CHECKPOINT_DIR)
-        return None
-    if state["config_json"] != _config_json(config):
-        saved, now = json.loads(state["config_json"]), json.loads(_config_json(config))
-        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-        raise ResumeError(
-            f"{out_dir}/config.yaml differs from the config its checkpoint of round {state['round']} "
-            f"was written with (sections {diff}); resume with the original config.yaml."
-        )
-    return state
-
-
-def _rewrite_metrics(metrics_path: Path, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl as of the checkpoint (drops rounds written after it), replaced atomically."""
-    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-    tmp.replace(metrics_path)
 
 
 # ---- pieces shared with the Flower ServerApp (ecolora.flower), which writes the same contract ------
