@@ -42,7 +42,6 @@ import heapq
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,16 +59,6 @@ from ecolora.network import (
 )
 from ecolora.network.ledger import ByteLedger
 from ecolora.network.tcp import tcp_transfer_time_s
-from ecolora.sim.checkpoint import (
-    CHECKPOINT_DIR,
-    capture_run,
-    checkpoint_due,
-    config_json,
-    restore_run,
-    resume_state,
-    rewrite_metrics,
-    save_checkpoint,
-)
 from ecolora.sim.executor import (
     ClientExecutor,
     ExecutorFactory,
@@ -80,10 +69,8 @@ from ecolora.sim.executor import (
 )
 from ecolora.sim.runner import (
     ProgressHook,
-    evaluate_global,
+    RunJournal,
     finish_round,
-    finish_run,
-    start_run_dir,
 )
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import WireMessage
@@ -313,46 +300,30 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
     ``executor`` builds where the clients train (:mod:`ecolora.sim.executor`; default: in this
     process); the event loop and the server run here either way.
     """
-    wall_start = time.perf_counter()
     warn_unsupported(config)
-    out_dir = Path(out_dir)
-    restored = resume_state(config, out_dir) if resume else None
-    metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
+    journal = RunJournal(config, out_dir, resume)
     setup = build_setup(config)
     ledger = ByteLedger()
     work = (executor or InProcessExecutor)(setup, ledger)
     checkpoint_every = config.fed.checkpoint_every if isinstance(work, InProcessExecutor) else 0
     loop = _EventLoop(config, setup, work, ledger)
     quiet = without_network_scenarios(config)
-    if restored is None:
-        history: list[dict[str, Any]] = []
-        initial_eval, prior_wall_s, resume_at_s = evaluate_global(setup), 0.0, None
-        logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
-    else:
-        restore_run(restored, setup, loop.rng, ledger)
-        loop.load_state_dict(restored["loop"])
-        history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
-        prior_wall_s, resume_at_s = float(restored["wall_s"]), float(restored["sim_time_s"])
-        rewrite_metrics(metrics_path, history)
-        logger.info("Resuming %s after step %d of %d", out_dir, loop.step, config.fed.rounds)
+    resume_at_s = None
+    if journal.begin(setup, loop.rng, ledger, unit="step"):
+        assert journal.restored is not None
+        loop.load_state_dict(journal.restored["loop"])
+        resume_at_s = float(journal.restored["sim_time_s"])
 
     def on_step(jobs: list[_Job], buffer: dict[int, Message], now: float) -> None:
-        start = history[-1]["sim_time_s"] if history else 0.0
-        record = _step_record(quiet, setup, ledger, loop, jobs, buffer, loop.last_metrics, (start, now))
-        history.append(record)
-        with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if checkpoint_due(loop.step, checkpoint_every, config.fed.rounds):
-            extra = {"config_json": config_json(config), "initial_eval": initial_eval, "sim_time_s": now,
-                     "wall_s": prior_wall_s + time.perf_counter() - wall_start, "loop": loop.state_dict()}
-            save_checkpoint(out_dir / CHECKPOINT_DIR, loop.step,
-                            capture_run(setup, loop.step, loop.rng, ledger, history, extra))
+        start = journal.history[-1]["sim_time_s"] if journal.history else 0.0
+        journal.append(_step_record(quiet, setup, ledger, loop, jobs, buffer, loop.last_metrics, (start, now)))
+        journal.checkpoint(loop.step, checkpoint_every, setup, loop.rng, ledger,
+                           sim_time_s=now, loop=loop.state_dict())
 
     now = play_async(loop, config.fed.rounds, config.fedbuff.buffer_size, on_step, progress, resume_at_s)
-    wall_s = prior_wall_s + time.perf_counter() - wall_start
-    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, wall_s)
-    staleness = [s for r in history for s in r.get("staleness", [])]
-    return write_summary_extras(out_dir, summary, {
+    summary = journal.finish(setup, ledger)
+    staleness = [s for r in journal.history for s in r.get("staleness", [])]
+    return write_summary_extras(journal.out_dir, summary, {
         "sim_time_s": now, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
         "jobs_discarded": loop.num_in_flight,
         "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +54,6 @@ from ecolora.sim.async_runner import (
     without_network_scenarios,
     write_summary_extras,
 )
-from ecolora.sim.checkpoint import (
-    CHECKPOINT_DIR,
-    capture_run,
-    checkpoint_due,
-    config_json,
-    restore_run,
-    resume_state,
-    rewrite_metrics,
-    save_checkpoint,
-)
 from ecolora.sim.executor import (
     ClientExecutor,
     ExecutorFactory,
@@ -74,11 +63,9 @@ from ecolora.sim.executor import (
 )
 from ecolora.sim.runner import (
     ProgressHook,
-    evaluate_global,
+    RunJournal,
     finish_round,
-    finish_run,
     sample_clients,
-    start_run_dir,
 )
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
@@ -102,11 +89,9 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     process); the leader's role (``start_group``, ``aggregate_intra``, ``close_group``) and the
     server run here either way.
     """
-    wall_start = time.perf_counter()
     warn_unsupported(config)
-    out_dir = Path(out_dir)
-    restored = resume_state(config, out_dir) if resume else None
-    metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
+    journal = RunJournal(config, out_dir, resume)
+    out_dir = journal.out_dir
     setup = build_setup(config)
     strategy = setup.strategy
     if not isinstance(strategy, HierFedLoRA):
@@ -120,17 +105,8 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     rng = np.random.default_rng(config.seed)
     quiet = without_network_scenarios(config)
     sizes = {c.client_id: c.num_examples for c in setup.clients}
-    if restored is None:
-        history: list[dict[str, Any]] = []
-        initial_eval, prior_wall_s, first_round = evaluate_global(setup), 0.0, 1
-        logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
-    else:
-        restore_run(restored, setup, rng, ledger)
-        history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
-        prior_wall_s, first_round = float(restored["wall_s"]), int(restored["round"]) + 1
-        rewrite_metrics(metrics_path, history)
-        logger.info("Resuming %s after round %d of %d", out_dir, first_round - 1, config.fed.rounds)
-    for server_round in range(first_round, config.fed.rounds + 1):
+    done = journal.begin(setup, rng, ledger)
+    for server_round in range(done + 1, config.fed.rounds + 1):
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
         groups = strategy.round_groups(sampled, sizes)
         downs = strategy.configure_round(server_round, [members[0] for members in groups.values()])
@@ -147,20 +123,13 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
         if config.network.scenarios:
             record["net"] = {key: hier_round_timing(traffic, spec, config).to_dict()
                              for key, spec in normalize_scenarios(config.network.scenarios).items()}
-        history.append(record)
-        with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if checkpoint_due(server_round, checkpoint_every, config.fed.rounds):
-            extra = {"config_json": config_json(config), "initial_eval": initial_eval,
-                     "wall_s": prior_wall_s + time.perf_counter() - wall_start}
-            save_checkpoint(out_dir / CHECKPOINT_DIR, server_round,
-                            capture_run(setup, server_round, rng, ledger, history, extra))
+        journal.append(record)
+        journal.checkpoint(server_round, checkpoint_every, setup, rng, ledger)
         if progress:
             progress("round", server_round, config.fed.rounds)
-    wall_s = prior_wall_s + time.perf_counter() - wall_start
-    summary = finish_run(config, setup, out_dir, history, ledger, initial_eval, wall_s)
+    summary = journal.finish(setup, ledger)
     return write_summary_extras(out_dir, summary, {
-        "intra_group_bytes": int(sum(r["intra_group_bytes"] for r in history)),
+        "intra_group_bytes": int(sum(r["intra_group_bytes"] for r in journal.history)),
         "groups": [p.to_dict() for p in plans],
     })
 

@@ -50,6 +50,7 @@ logger = logging.getLogger("ecolora")
 
 __all__ = [
     "ProgressHook",
+    "RunJournal",
     "evaluate_global",
     "finish_round",
     "finish_run",
@@ -75,47 +76,25 @@ def run_experiment(
     runner = get_runner(config)
     if runner is not None:
         return runner(config, out_dir, progress, resume)
-    wall_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    restored = resume_state(config, out_dir) if resume else None
-    metrics_path = out_dir / "metrics.jsonl" if restored else start_run_dir(config, out_dir)
+    journal = RunJournal(config, out_dir, resume)
     setup = build_setup(config)
     ledger = ByteLedger()
     transport = InProcessTransport(setup.strategy, ledger)
     rng = np.random.default_rng(config.seed)
     fed = config.fed
-    if restored is None:
-        history: list[dict[str, Any]] = []
-        initial_eval, prior_wall_s, first_round = evaluate_global(setup), 0.0, 1
-        logger.info("Initial eval loss of the global adapter: %.4f", initial_eval)
-    else:
-        restore_run(restored, setup, rng, ledger)
-        history, initial_eval = list(restored["history"]), float(restored["initial_eval"])
-        prior_wall_s, first_round = float(restored["wall_s"]), int(restored["round"]) + 1
-        rewrite_metrics(metrics_path, history)
-        logger.info("Resuming %s after round %d of %d", out_dir, first_round - 1, fed.rounds)
-
-    for server_round in range(first_round, fed.rounds + 1):
+    done = journal.begin(setup, rng, ledger)
+    for server_round in range(done + 1, fed.rounds + 1):
         # ---- sample, then local work and streaming aggregation, each message through bytes ----
         sampled = sample_clients(rng, fed.num_clients, fed.clients_per_round)
         arrived, per_client, strategy_metrics = _play_round(config, setup, transport, server_round, sampled, progress)
         # ---- evaluate, record, checkpoint ------------------------------------------------------
-        record = finish_round(
+        journal.append(finish_round(
             config, setup, ledger, server_round, sampled, arrived, per_client, strategy_metrics
-        )
-        history.append(record)
-        with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if checkpoint_due(server_round, fed.checkpoint_every, fed.rounds):
-            extra = {"config_json": config_json(config), "initial_eval": initial_eval,
-                     "wall_s": prior_wall_s + time.perf_counter() - wall_start}
-            save_checkpoint(out_dir / CHECKPOINT_DIR, server_round,
-                            capture_run(setup, server_round, rng, ledger, history, extra))
+        ))
+        journal.checkpoint(server_round, fed.checkpoint_every, setup, rng, ledger)
         if progress:
             progress("round", server_round, fed.rounds)
-
-    wall_s = prior_wall_s + time.perf_counter() - wall_start
-    return finish_run(config, setup, out_dir, history, ledger, initial_eval, wall_s)
+    return journal.finish(setup, ledger)
 
 
 def _play_round(
@@ -165,6 +144,68 @@ def _play_round(
     if dropped:
         logger.info("round %d: %d client(s) dropped: %s", server_round, len(dropped), dropped)
     return arrived, per_client, {**strategy.aggregate_end(server_round), "dropped": dropped}
+
+
+class RunJournal:
+    """A run directory as every training loop keeps it (synchronous, hierarchical, asynchronous).
+
+    It starts the directory (config.yaml, empty metrics.jsonl) or, with ``resume``, finds its last
+    complete checkpoint; :meth:`begin` then evaluates the initial global model or restores the
+    checkpoint; :meth:`append` writes each round's record, :meth:`checkpoint` saves when due, and
+    :meth:`finish` writes summary.json, the adapter and the plots. Wall time adds up over resumes.
+    """
+
+    def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False) -> None:
+        self._wall_start = time.perf_counter()
+        self.config, self.out_dir = config, Path(out_dir)
+        self.restored = resume_state(config, self.out_dir) if resume else None
+        if self.restored is None:
+            self.metrics_path = start_run_dir(config, self.out_dir)
+        else:
+            self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        self.initial_eval = math.nan
+        self._prior_wall_s = 0.0
+
+    def begin(self, setup: RunSetup, sampler: np.random.Generator, ledger: ByteLedger, unit: str = "round") -> int:
+        """Evaluate the initial global model, or restore the checkpoint; return the rounds already done."""
+        state = self.restored
+        if state is None:
+            self.initial_eval = evaluate_global(setup)
+            logger.info("Initial eval loss of the global adapter: %.4f", self.initial_eval)
+            return 0
+        restore_run(state, setup, sampler, ledger)
+        self.history, self.initial_eval = list(state["history"]), float(state["initial_eval"])
+        self._prior_wall_s = float(state["wall_s"])
+        rewrite_metrics(self.metrics_path, self.history)
+        done = int(state["round"])
+        logger.info("Resuming %s after %s %d of %d", self.out_dir, unit, done, self.config.fed.rounds)
+        return done
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one round's record to the history and to metrics.jsonl."""
+        self.history.append(record)
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def checkpoint(self, step: int, every: int, setup: RunSetup, sampler: np.random.Generator,
+                   ledger: ByteLedger, **extra: Any) -> None:
+        """Save the run after ``step`` if a checkpoint is due (``extra``: the loop's own state)."""
+        if not checkpoint_due(step, every, self.config.fed.rounds):
+            return
+        extra = {"config_json": config_json(self.config), "initial_eval": self.initial_eval,
+                 "wall_s": self.wall_s, **extra}
+        save_checkpoint(self.out_dir / CHECKPOINT_DIR, step,
+                        capture_run(setup, step, sampler, ledger, self.history, extra))
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds spent on this run, over all its resumes."""
+        return self._prior_wall_s + time.perf_counter() - self._wall_start
+
+    def finish(self, setup: RunSetup, ledger: ByteLedger) -> dict[str, Any]:
+        """Write summary.json, the adapter and the plots (:func:`finish_run`); return the summary."""
+        return finish_run(self.config, setup, self.out_dir, self.history, ledger, self.initial_eval, self.wall_s)
 
 
 # ---- pieces shared with the Flower ServerApp (ecolora.flower), which writes the same contract ------
