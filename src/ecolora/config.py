@@ -236,8 +236,11 @@ class FedBuffConfig:
     link_sigma: float = field(default=0.5, metadata={"help": "Log-normal spread of client link rates (0: all alike)."})
     step_time_s: float | None = field(default=None, metadata={"help": "Seconds per local step of the median device (null: measured compute; set it for a reproducible event order)."})
     server_lr: float = field(default=1.0, metadata={"help": "Server step on the buffered mean update."})
+    clock: str = field(default="simulated", metadata={"help": "simulated: arrivals in simulated time from the link and compute model (reproducible); wall: in the order replies really come in (Flower deployments)."})
 
     def __post_init__(self) -> None:
+        _check(self.clock in ("simulated", "wall"), f"`fedbuff.clock` must be simulated or wall, got {self.clock!r}.")
+        _check(not (self.clock == "wall" and self.step_time_s is not None), "`fedbuff.step_time_s` simulates compute time; with fedbuff.clock=wall compute is real: unset one of them.")
         _check(self.buffer_size >= 1, f"`fedbuff.buffer_size` must be >= 1, got {self.buffer_size}.")
         _check(self.concurrency >= 1, f"`fedbuff.concurrency` must be >= 1, got {self.concurrency}.")
         for name in ("staleness_exponent", "speed_sigma", "link_sigma"):
@@ -333,7 +336,7 @@ def _check_method_sections(config: RunConfig, base: str, wrapper: str) -> None:
         _check(config.hier.num_groups <= config.fed.num_clients, f"`hier.num_groups` must be <= fed.num_clients ({config.fed.num_clients}), got {config.hier.num_groups}.")
     if base == "fedbuff":
         _check(config.fedbuff.concurrency <= config.fed.num_clients, f"`fedbuff.concurrency` must be <= fed.num_clients ({config.fed.num_clients}), got {config.fedbuff.concurrency}.")
-        _check(config.fedbuff.link is not None or len(config.network.scenarios) > 0, "`fedbuff` needs a client link: set fedbuff.link (e.g. 1/5) or network.scenarios.")
+        _check(config.fedbuff.clock == "wall" or config.fedbuff.link is not None or len(config.network.scenarios) > 0, "`fedbuff` needs a client link: set fedbuff.link (e.g. 1/5) or network.scenarios.")
         _check(not wrapper or config.ecolora.sparsify == "update", f"`fedbuff+ecolora` needs ecolora.sparsify=update (asynchronous updates are deltas), got {config.ecolora.sparsify!r}.")
 
 

@@ -55,11 +55,21 @@ def test_segment_check_ignored_without_ecolora_or_segments():
         ("data.partition=zipf", r"`data.partition` must be one of iid, dirichlet, task, kmeans"),
         ("fed.wire_dtype=int8", r"`fed.wire_dtype` must be float16 or float32"),
         ("ecolora.segments=yes please", r"`ecolora.segments` must be true or false"),
+        ("fedbuff.clock=gps", r"`fedbuff.clock` must be simulated or wall, got 'gps'."),
     ],
 )
 def test_bad_values_have_pinned_messages(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_fedbuff_wall_clock_needs_no_link_and_refuses_simulated_compute():
+    cfg = load_config(None, ["method=fedbuff", "fedbuff.clock=wall", "network.scenarios=[]"])
+    assert cfg.fedbuff.clock == "wall" and cfg.fedbuff.link is None
+    with pytest.raises(ConfigError, match=r"`fedbuff` needs a client link"):
+        load_config(None, ["method=fedbuff", "network.scenarios=[]"])
+    with pytest.raises(ConfigError, match=r"`fedbuff.step_time_s` simulates compute time; with fedbuff.clock=wall"):
+        load_config(None, ["method=fedbuff", "fedbuff.clock=wall", "fedbuff.step_time_s=1.0"])
 
 
 def test_override_syntax_error():

@@ -102,13 +102,15 @@ class FlowerExecutor:
         return tickets
 
     def wait(self, tickets: Sequence[int]) -> dict[int, Reply]:
-        wanted = {self._pending[t][1] for t in tickets}
-        self._pull(wanted)
-        out = {}
-        for ticket in tickets:
-            job, message_id, size = self._pending.pop(ticket)
-            out[ticket] = self._reply(job, size, self._replies.pop(message_id, None))
-        return out
+        self._pull({self._pending[t][1] for t in tickets})
+        return self._collect(tickets)
+
+    def wait_any(self, tickets: Sequence[int]) -> dict[int, Reply]:
+        """The replies that are in once the first of these tickets' is (all of them on timeout)."""
+        ids = {self._pending[t][1]: t for t in tickets}
+        self._pull(set(ids), first_only=True)
+        arrived = [t for message_id, t in ids.items() if message_id in self._replies]
+        return self._collect(arrived or list(tickets))
 
     def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
         """Fetch the state of clients the ServerApp does not hold yet from their SuperNodes."""
@@ -130,18 +132,27 @@ class FlowerExecutor:
         return {cid: self.setup.clients[cid] for cid in clients}
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _pull(self, wanted: set[str]) -> None:
-        """Pull until every wanted message id has a reply or ``timeout_s`` has passed."""
+    def _pull(self, wanted: set[str], first_only: bool = False) -> None:
+        """Pull until every wanted message id has a reply (``first_only``: one has) or ``timeout_s`` has passed."""
         start = time.monotonic()
         missing = wanted - set(self._replies)
         while missing:
             for reply in self.grid.pull_messages(list(missing)):
                 self._replies[reply.metadata.reply_to_message_id] = reply
             missing -= set(self._replies)
-            if not missing or time.monotonic() - start >= self.timeout_s:
+            done = len(missing) < len(wanted) if first_only else not missing
+            if done or time.monotonic() - start >= self.timeout_s:
                 break
             time.sleep(self.poll_s)
         self.wait_s += time.monotonic() - start
+
+    def _collect(self, tickets: Sequence[int]) -> dict[int, Reply]:
+        """These tickets' replies as pulled so far (``no_reply`` for those not in)."""
+        out = {}
+        for ticket in tickets:
+            job, message_id, size = self._pending.pop(ticket)
+            out[ticket] = self._reply(job, size, self._replies.pop(message_id, None))
+        return out
 
     def _reply(self, job: Job, download_bytes: int, reply: Message | None) -> Reply:
         """Check one Flower reply and turn it into the loops' :class:`Reply`."""

@@ -42,6 +42,7 @@ import heapq
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,12 @@ class _EventLoop:
     def __init__(self, config: RunConfig, setup: RunSetup, work: ClientExecutor, ledger: ByteLedger) -> None:
         self.config, self.setup, self.work, self.ledger = config, setup, work, ledger
         self.rng = np.random.default_rng(config.seed)
-        self.link_key, self.links, self.factors = client_speeds(config)
+        self.wall = config.fedbuff.clock == "wall"
+        if self.wall:  # real links and devices: nothing to simulate
+            self.link_key, self.links, self.factors = "wall", {}, {}
+        else:
+            self.link_key, self.links, self.factors = client_speeds(config)
+        self.set_clock(0.0)
         self.idle = set(range(config.fed.num_clients))
         self.started: list[_Started] = []
         self._heap: list[_Job] = []
@@ -178,13 +184,26 @@ class _EventLoop:
         self._heap = [_job_from_state(job) for job in state["in_flight"]]
         heapq.heapify(self._heap)
 
+    def set_clock(self, now: float) -> None:
+        """Wall clock: read ``now`` at this moment (a fresh loop: 0; a resumed one: its checkpoint's)."""
+        self._clock_start, self._clock_origin = now, time.monotonic()
+
+    def clock(self) -> float:
+        """Seconds on the wall clock since the run started (``fedbuff.clock=wall``)."""
+        return self._clock_start + time.monotonic() - self._clock_origin
+
     def dispatch(self, now: float) -> None:
         cid = int(self.rng.choice(sorted(self.idle)))
         self.idle.remove(cid)
         message = self.setup.strategy.configure_round(self.step + 1, [cid])[cid]
+        if self.wall:
+            now = self.clock()
         [ticket] = self.work.start(self.step + 1, [Job(cid, message)])
-        download_bytes = self.ledger.entries[-1].num_bytes  # start() just recorded the download
-        earliest = now + self._download_s(cid, download_bytes) + self._compute_s(cid, {})
+        if self.wall:
+            earliest = now
+        else:
+            download_bytes = self.ledger.entries[-1].num_bytes  # start() just recorded the download
+            earliest = now + self._download_s(cid, download_bytes) + self._compute_s(cid, {})
         self.started.append(_Started(ticket, self.num_jobs, now, earliest))
         self.num_jobs += 1
 
@@ -213,11 +232,23 @@ class _EventLoop:
         return _Job(now + down_s + compute_s + up_s, job.job_id, cid, now, down_s, compute_s, up_s,
                     float(reply.metrics.get("compute_s", 0.0)), result=reply)  # fmt: skip
 
-    def _settle(self, jobs: list[_Started]) -> None:
-        """Wait for these started jobs and put them on the heap by arrival time."""
-        replies = self.work.wait([job.ticket for job in jobs])
+    def _wall_time(self, job: _Started, reply: Reply, now: float) -> _Job:
+        """The job's arrival on the wall clock: now. The server sees when it left, when it came back
+        and the client's own compute time; the rest (both transfers, queueing) counts as upload."""
+        measured = float(reply.metrics.get("compute_s", 0.0))
+        elapsed = max(0.0, now - job.dispatch_s)
+        compute_s = min(measured, elapsed)
+        return _Job(now, job.job_id, reply.job.client, job.dispatch_s, 0.0, compute_s, elapsed - compute_s,
+                    measured, result=reply)  # fmt: skip
+
+    def _settle(self, jobs: list[_Started], replies: Mapping[int, Reply] | None = None) -> None:
+        """Wait for these started jobs (unless their ``replies`` are in) and put them on the heap."""
+        if replies is None:
+            replies = self.work.wait([job.ticket for job in jobs])
+        now = self.clock()
         for job in jobs:
-            heapq.heappush(self._heap, self._time(job, replies[job.ticket]))
+            reply = replies[job.ticket]
+            heapq.heappush(self._heap, self._wall_time(job, reply, now) if self.wall else self._time(job, reply))
         self.started = [job for job in self.started if job not in jobs]
 
     @property
@@ -232,11 +263,19 @@ class _EventLoop:
         return len(self._heap) + len(self.started)
 
     def next_arrival(self) -> _Job:
-        """The earliest arrival (ties: dispatch order), waiting only for jobs that might be it."""
-        first = self._heap[0].arrival_s if self._heap else math.inf
-        maybe_first = [job for job in self.started if job.earliest_s <= first]
-        if maybe_first:
-            self._settle(maybe_first)
+        """The earliest arrival (ties: dispatch order), waiting only for jobs that might be it.
+
+        On the wall clock: the next reply to come in (``ClientExecutor.wait_any``).
+        """
+        if self.wall:
+            if not self._heap:
+                replies = self.work.wait_any([job.ticket for job in self.started])
+                self._settle([job for job in self.started if job.ticket in replies], replies)
+        else:
+            first = self._heap[0].arrival_s if self._heap else math.inf
+            maybe_first = [job for job in self.started if job.earliest_s <= first]
+            if maybe_first:
+                self._settle(maybe_first)
         job = heapq.heappop(self._heap)
         self.idle.add(job.client)
         return job
@@ -313,18 +352,21 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
         assert journal.restored is not None
         loop.load_state_dict(journal.restored["loop"])
         resume_at_s = float(journal.restored["sim_time_s"])
+        loop.set_clock(resume_at_s)
+    else:
+        loop.set_clock(0.0)  # the wall clock starts with the first dispatch
 
     def on_step(jobs: list[_Job], buffer: dict[int, Message], now: float) -> None:
         start = journal.history[-1]["sim_time_s"] if journal.history else 0.0
         journal.append(_step_record(quiet, setup, ledger, loop, jobs, buffer, loop.last_metrics, (start, now)))
         journal.checkpoint(loop.step, checkpoint_every, setup, loop.rng, ledger,
-                           sim_time_s=now, loop=loop.state_dict())
+                           lambda: {"sim_time_s": now, "loop": loop.state_dict()})
 
     now = play_async(loop, config.fed.rounds, config.fedbuff.buffer_size, on_step, progress, resume_at_s)
     summary = journal.finish(setup, ledger)
     staleness = [s for r in journal.history for s in r.get("staleness", [])]
     return write_summary_extras(journal.out_dir, summary, {
-        "sim_time_s": now, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
+        "sim_time_s": now, "clock": config.fedbuff.clock, "link": loop.link_key, "jobs_dispatched": loop.num_jobs,
         "jobs_discarded": loop.num_in_flight,
         "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
     })

@@ -82,6 +82,11 @@ class ClientExecutor(Protocol):
         """The replies of these tickets (blocks until they are in, or fail)."""
         ...
 
+    def wait_any(self, tickets: Sequence[int]) -> dict[int, Reply]:
+        """The replies among these tickets that are in once the first one is (blocks until then;
+        on timeout, every ticket's reply says ``no_reply``). FedBuff's wall clock (``fedbuff.clock``)."""
+        ...
+
     def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
         """Runtimes whose ``state`` is each client's current state, for work the server process does
         on a client's behalf (HierFedLoRA's group leader)."""
@@ -142,6 +147,10 @@ class InProcessExecutor:
 
     def wait(self, tickets: Sequence[int]) -> dict[int, Reply]:
         return {t: self._done.pop(t) for t in tickets}
+
+    def wait_any(self, tickets: Sequence[int]) -> dict[int, Reply]:
+        """The first ticket's reply: a job here is done when it starts, so jobs finish in start order."""
+        return self.wait(tickets[:1])
 
     def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
         return {cid: self.setup.clients[cid] for cid in clients}

@@ -189,12 +189,13 @@ class RunJournal:
             fh.write(json.dumps(record) + "\n")
 
     def checkpoint(self, step: int, every: int, setup: RunSetup, sampler: np.random.Generator,
-                   ledger: ByteLedger, **extra: Any) -> None:
-        """Save the run after ``step`` if a checkpoint is due (``extra``: the loop's own state)."""
+                   ledger: ByteLedger, loop_state: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Save the run after ``step`` if a checkpoint is due; ``loop_state()`` adds the loop's own
+        state (called only then: FedBuff's waits for the jobs in flight)."""
         if not checkpoint_due(step, every, self.config.fed.rounds):
             return
         extra = {"config_json": config_json(self.config), "initial_eval": self.initial_eval,
-                 "wall_s": self.wall_s, **extra}
+                 "wall_s": self.wall_s, **(loop_state() if loop_state else {})}
         save_checkpoint(self.out_dir / CHECKPOINT_DIR, step,
                         capture_run(setup, step, sampler, ledger, self.history, extra))
 

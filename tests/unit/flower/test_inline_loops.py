@@ -90,6 +90,43 @@ def torch_equal(x, y) -> bool:  # noqa: ANN001
     return bool((x == y).all())
 
 
+class _FirstJobHeldGrid(InlineGrid):
+    """The reply to the first TRAIN message never comes in: a client far slower than the rest."""
+
+    held: str | None = None
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        ids = list(super().push_messages(messages))
+        trains = [i for m, i in zip(self.sent[-len(ids):], ids, strict=True) if m.metadata.message_type == "train"]
+        if self.held is None and trains:
+            self.held = trains[0]
+        return ids
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        return super().pull_messages([i for i in message_ids if i != self.held])
+
+
+@pytest.mark.parametrize("method", ["fedbuff", "fedbuff+ecolora"])
+def test_fedbuff_on_the_wall_clock_steps_on_the_replies_that_came_in(tmp_path, method):
+    run_config = {**_run_config(tmp_path, "fedbuff", method, ["fedbuff.clock=wall", "fedbuff.step_time_s=null"]),
+                  "round-timeout": 20}  # a loop that waited for the held reply would time out on it
+    settings = resolve_settings(run_config)
+    n = settings.config.fed.num_clients
+    grid = _FirstJobHeldGrid(client_app.app, {100 + i: {"partition-id": i, "num-partitions": n} for i in range(n)},
+                             run_config)  # fmt: skip
+    summary = server_app.run_server(grid, settings)
+    slow = next(m.metadata.dst_node_id for m in grid.sent if m.metadata.message_id == grid.held) - 100
+    records = _records(tmp_path)
+    assert summary["rounds_completed"] == 2 and summary["clock"] == "wall" and summary["link"] == "wall"
+    assert all(len(r["clients"]) == 2 and slow not in r["clients"] for r in records)
+    assert all(r["dropped"] == [] for r in records)  # never waited for: no timeout on the held reply
+    assert summary["jobs_discarded"] >= 1 and summary["sim_time_s"] == records[-1]["sim_time_s"] > 0
+    for r in records:
+        assert set(r["net"]) == {"wall"} and r["net"]["wall"]["download_s"] == 0.0
+        assert r["net"]["wall"]["round_s"] >= r["net"]["wall"]["compute_s"] >= 0
+    assert summary["upload_bytes"] == sum(r["upload_bytes"] for r in records) > 0
+
+
 def test_a_damaged_fedbuff_reply_is_left_out_with_its_reason_and_the_run_goes_on(tmp_path, caplog):
     run_config = _run_config(tmp_path, "fedbuff", "fedbuff+ecolora", [])
     with caplog.at_level(logging.WARNING, logger="ecolora"):
