@@ -226,7 +226,7 @@ class HierConfig:
 
 @dataclass
 class FedBuffConfig:
-    """FedBuff (Nguyen et al., AISTATS 2022): asynchronous buffered aggregation in simulated time."""
+    """FedBuff (Nguyen et al., AISTATS 2022): asynchronous buffered aggregation (simulated time, or the wall clock)."""
 
     buffer_size: int = field(default=3, metadata={"help": "M: aggregate as soon as M updates arrived."})
     concurrency: int = field(default=5, metadata={"help": "Clients training at the same time (<= fed.num_clients)."})

@@ -27,6 +27,10 @@ their downloads count, their uploads never happen (``jobs_discarded`` in summary
 measured compute time the event order depends on the machine's speed; set ``fedbuff.step_time_s``
 for a run that repeats exactly.
 
+Wall clock (``fedbuff.clock: wall``, for Flower deployments): no simulation of links or speeds; a
+job arrives when its reply comes in (:meth:`ClientExecutor.wait_any`), ``sim_time_s`` is seconds
+since the first dispatch, the net key is ``wall`` and a job's non-compute time is its ``upload_s``.
+
 Checkpoints (in-process executor): after every ``fed.checkpoint_every`` server steps and after the
 last, :func:`ecolora.sim.checkpoint.capture_run` (strategy, clients, ledger, RNGs with the loop's
 generator, history) plus the loop: the simulated time, idle clients, counters and every job in
