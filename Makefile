@@ -29,8 +29,9 @@ test: setup  ## unit + integration tests, Flower processes included (CPU, offlin
 test-all: setup
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup  ## ruff on src and tests, mypy --strict on src (settings in pyproject.toml)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""ecolora: communication-efficient federated fine-tuning of LLMs with LoRA (EcoLoRA and baselines).
+
+The public API, re-exported from the module that defines each name. Importing ``ecolora`` is
+cheap: a name's module (and torch with it) is imported on first access, so ``import ecolora``
+loads neither torch nor any optional package (flwr, gguf, datasets, zstandard).
+
+>>> import ecolora
+>>> config = ecolora.load_config("configs/smoke.yaml", ["fed.rounds=2"])  # doctest: +SKIP
+>>> summary = ecolora.run_experiment(config, pathlib.Path("runs/smoke"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("ecolora")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0.0.0+unknown"
+
+if TYPE_CHECKING:
+    from ecolora.codec.container import describe, pack, unpack
+    from ecolora.codec.errors import CodecError
+    from ecolora.config import ConfigError, RunConfig, apply_overrides, load_config
+    from ecolora.network.ledger import ByteLedger, LedgerEntry
+    from ecolora.sim.runner import run_experiment
+    from ecolora.strategies import build_strategy
+    from ecolora.strategies.base import (
+        AggregationError,
+        ClientRuntime,
+        Message,
+        Strategy,
+        TrainResult,
+        get_strategy_class,
+        register_strategy,
+        strategy_names,
+    )
+
+# name -> module that defines it (imported on first access, see __getattr__)
+_EXPORTS: dict[str, str] = {
+    "ConfigError": "ecolora.config",
+    "RunConfig": "ecolora.config",
+    "apply_overrides": "ecolora.config",
+    "load_config": "ecolora.config",
+    "run_experiment": "ecolora.sim.runner",
+    "AggregationError": "ecolora.strategies.base",
+    "ClientRuntime": "ecolora.strategies.base",
+    "Message": "ecolora.strategies.base",
+    "Strategy": "ecolora.strategies.base",
+    "TrainResult": "ecolora.strategies.base",
+    "get_strategy_class": "ecolora.strategies.base",
+    "register_strategy": "ecolora.strategies.base",
+    "strategy_names": "ecolora.strategies.base",
+    "build_strategy": "ecolora.strategies",
+    "CodecError": "ecolora.codec.errors",
+    "describe": "ecolora.codec.container",
+    "pack": "ecolora.codec.container",
+    "unpack": "ecolora.codec.container",
+    "ByteLedger": "ecolora.network.ledger",
+    "LedgerEntry": "ecolora.network.ledger",
+}
+
+__all__ = [
+    "__version__",
+    "AggregationError",
+    "ByteLedger",
+    "ClientRuntime",
+    "CodecError",
+    "ConfigError",
+    "LedgerEntry",
+    "Message",
+    "RunConfig",
+    "Strategy",
+    "TrainResult",
+    "apply_overrides",
+    "build_strategy",
+    "describe",
+    "get_strategy_class",
+    "load_config",
+    "pack",
+    "register_strategy",
+    "run_experiment",
+    "strategy_names",
+    "unpack",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ecolora' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
