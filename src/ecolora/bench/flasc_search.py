@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ecolora.config import RunConfig, load_config
+from ecolora.sim.runner import run_experiment
 
 logger = logging.getLogger("ecolora")
 
@@ -88,8 +89,6 @@ def flasc_search(
     if short_rounds < 1:
         raise ValueError(f"short_rounds must be >= 1, got {short_rounds}.")
     if run_fn is None:
-        from ecolora.sim.runner import run_experiment
-
         run_fn = run_experiment
     out_dir = Path(out_dir)
     cache: dict[tuple[int, float], SearchPoint] = {}

@@ -7,6 +7,8 @@ padding, so a payload has exactly one valid encoding of its content.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ecolora.codec.errors import CodecError
@@ -91,7 +93,9 @@ def unpack_fields(data: np.ndarray, count: int, width: int, what: str) -> np.nda
         raise CodecError(
             f"{what}: expected {expected} bytes of {width}-bit fields, got {data.size}"
         )
-    dtype = np.uint8 if width <= 8 else np.uint16 if width <= 16 else np.uint32
+    dtype: type[np.unsignedinteger[Any]] = (
+        np.uint8 if width <= 8 else np.uint16 if width <= 16 else np.uint32
+    )
     if count == 0 or width == 0:
         return np.zeros(count, dtype=dtype)
     out = None
@@ -130,7 +134,7 @@ def encode_unary(quotients: np.ndarray) -> np.ndarray:
         return _EMPTY
     count = int(quotients.size)
     wide = quotients.dtype.itemsize > 4 or count * (int(quotients.max()) + 1) >= 2**31
-    ends = np.cumsum(quotients, dtype=np.int64 if wide else np.int32)
+    ends: np.ndarray = np.cumsum(quotients, dtype=np.int64 if wide else np.int32)
     ends += np.arange(count, dtype=ends.dtype)  # terminator i sits at sum(q[:i+1]) + i
     bits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
     bits[ends] = 1

@@ -138,7 +138,7 @@ def unpack(
     return out
 
 
-def describe(payload: bytes | bytearray | memoryview, *, max_numel: int = 2**31) -> list[dict]:
+def describe(payload: bytes | bytearray | memoryview, *, max_numel: int = 2**31) -> list[dict[str, Any]]:
     """Validate a payload's header and manifest and list one dict per tensor, in order.
 
     Keys: name, shape, dtype, wire_dtype, encoding (dense/bitmap/golomb/coo), coded (which
@@ -231,7 +231,8 @@ def _wire_bits(
 
 def _magnitude(wire: DtypeSpec) -> np.generic:
     """All bits but the sign, as a scalar of the wire's unsigned type."""
-    return np.dtype(wire.bits_dtype).type((1 << (wire.itemsize * 8 - 1)) - 1)
+    word: type[np.generic] = np.dtype(wire.bits_dtype).type
+    return word((1 << (wire.itemsize * 8 - 1)) - 1)
 
 
 def _encode_tensor(

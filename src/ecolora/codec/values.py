@@ -104,7 +104,8 @@ def _sign_mantissa(bits: np.ndarray, spec: DtypeSpec) -> np.ndarray:
     mantissa = spec.mantissa_bits or 0
     word = bits.dtype.type
     top = spec.itemsize * 8 - 1
-    return ((bits >> word(top)) << word(mantissa)) | (bits & word((1 << mantissa) - 1))
+    out: np.ndarray = ((bits >> word(top)) << word(mantissa)) | (bits & word((1 << mantissa) - 1))
+    return out
 
 
 def plan_exponent_coding(bits: np.ndarray, spec: DtypeSpec) -> ExponentPlan:
@@ -134,7 +135,10 @@ def plan_exponent_coding(bits: np.ndarray, spec: DtypeSpec) -> ExponentPlan:
 
 def _varint_lens(values: np.ndarray) -> np.ndarray:
     """LEB128 lengths of non-negative int64 ``values`` (vectorized :func:`encode_varint`)."""
-    return 1 + sum((values >= (1 << (7 * i))).astype(np.int64) for i in range(1, 9))
+    lens = np.ones(values.shape, dtype=np.int64)
+    for i in range(1, 9):
+        lens += (values >= (1 << (7 * i))).astype(np.int64)
+    return lens
 
 
 _CEIL_LOG2 = np.array([(m - 1).bit_length() for m in range(1, 257)], dtype=np.int64)  # M = 1..256
@@ -185,4 +189,5 @@ def decode_exponent_values(
     fields = unpack_fields(sign_mantissa, count, mantissa + 1, f"{what} sign/mantissa")
     fields = fields.astype(spec.bits_dtype, copy=False)
     sign = (fields >> word(mantissa)) << word(spec.itemsize * 8 - 1)
-    return sign | (exponents << word(mantissa)) | (fields & word((1 << mantissa) - 1))
+    words: np.ndarray = sign | (exponents << word(mantissa)) | (fields & word((1 << mantissa) - 1))
+    return words

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ecolora.data.partition import _check_int
+from ecolora.data.checks import check_int
 
 logger = logging.getLogger("ecolora")
 
@@ -32,8 +32,8 @@ def kmeans_labels(
     3. K-means (``KMeans(n_clusters=num_clusters, random_state=seed)``); the cluster id of a
        row is its category, named ``"cluster_00"``, ``"cluster_01"``, ...
     """
-    _check_int("num_clusters", num_clusters, minimum=1)
-    _check_int("seed", seed, minimum=0)
+    check_int("num_clusters", num_clusters, minimum=1)
+    check_int("seed", seed, minimum=0)
     if num_clusters > len(rows):
         raise ValueError(
             f"`num_clusters` ({num_clusters}) exceeds the number of rows ({len(rows)}); use "

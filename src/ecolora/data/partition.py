@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ecolora.data.checks import check_int
+from ecolora.data.kmeans import kmeans_labels
+
 logger = logging.getLogger("ecolora")
 
 __all__ = [
@@ -49,9 +52,9 @@ class Partitioner(ABC):
     def __init__(
         self, num_examples: int, num_partitions: int, *, seed: int = 0, min_partition_size: int = 1
     ) -> None:
-        _check_int("num_partitions", num_partitions, minimum=1)
-        _check_int("seed", seed, minimum=0)
-        _check_int("min_partition_size", min_partition_size, minimum=1)
+        check_int("num_partitions", num_partitions, minimum=1)
+        check_int("seed", seed, minimum=0)
+        check_int("min_partition_size", min_partition_size, minimum=1)
         need = num_partitions * min_partition_size
         if need > num_examples:
             raise ValueError(
@@ -98,7 +101,8 @@ class Partitioner(ABC):
             raise ValueError(
                 f"`partition_id` must be in [0, {self._num_partitions - 1}], got {partition_id}."
             )
-        return self._partitions[partition_id].tolist()
+        indices: list[int] = self._partitions[partition_id].tolist()
+        return indices
 
     def partition_sizes(self) -> list[int]:
         """Number of examples in each partition."""
@@ -189,7 +193,7 @@ class DirichletPartitioner(_LabelPartitioner):
             raise TypeError(f"`alpha` must be a number, got {type(alpha).__name__}.")
         if not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(f"`alpha` must be a finite number > 0, got {alpha}.")
-        _check_int("max_tries", max_tries, minimum=1)
+        check_int("max_tries", max_tries, minimum=1)
         self.alpha = float(alpha)
         self._max_tries = max_tries
         super().__init__(labels, num_partitions, seed=seed, min_partition_size=min_partition_size)
@@ -280,8 +284,6 @@ def make_partitioner(
     if name == "iid":
         return IidPartitioner(len(rows), num_partitions, **sizes)
     if name == "kmeans":
-        from ecolora.data.kmeans import kmeans_labels  # partition <-> kmeans import cycle
-
         labels = kmeans_labels(rows, num_clusters, seed=seed)
         return DirichletPartitioner(labels, num_partitions, alpha=alpha, **sizes)
     categories = [row.get("category") for row in rows]
@@ -347,10 +349,3 @@ def _dhondt(label_sizes: np.ndarray, num_clients: int) -> np.ndarray:
         quotient = np.where(counts < label_sizes, label_sizes / counts, -np.inf)
         counts[int(np.argmax(quotient))] += 1
     return counts
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")

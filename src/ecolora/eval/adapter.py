@@ -10,6 +10,11 @@ from typing import Any
 
 import torch
 import yaml
+from peft import PeftModel
+
+from ecolora.client.lora import LoraSettings, attach_lora
+from ecolora.client.model import load_base_model
+from ecolora.eval.suites import get_suite, run_suite
 
 logger = logging.getLogger("ecolora")
 
@@ -32,11 +37,6 @@ def load_model_with_adapter(adapter: Path | None, model: str | None = None) -> t
     Without an adapter the base model is wrapped in an empty LoRA so that suites that need a
     peft model (preference accuracy uses the adapter-disabled model as reference) work too.
     """
-    from peft import PeftModel
-
-    from ecolora.client.lora import LoraSettings, attach_lora
-    from ecolora.client.model import load_base_model
-
     name = _base_name(adapter, model)
     base, tokenizer = load_base_model(name)
     if adapter is None:
@@ -59,8 +59,6 @@ def evaluate_adapter(
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """Run one suite; returns the suite's scores plus what was evaluated."""
-    from ecolora.eval.suites import get_suite, run_suite
-
     get_suite(suite)  # unknown names fail before the model loads
     start = time.perf_counter()
     peft_model, tokenizer, name = load_model_with_adapter(adapter, model)

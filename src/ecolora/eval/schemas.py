@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ecolora.eval.multiple_choice import validate_items
+
 logger = logging.getLogger("ecolora")
 
 __all__ = ["arc_items", "bigbench_items", "mc_items", "mmlu_items", "ni_science_items"]
@@ -39,16 +41,19 @@ def _row_id(row: Mapping[str, Any], index: int) -> str:
 def _check_choices(schema: str, where: str, choices: Any) -> list[str]:
     if choices is None:
         raise ValueError(f"{schema} {where} is missing 'choices'.")
+    options: list[str] | None = None
+    if not isinstance(choices, str) and isinstance(choices, Iterable):
+        options = list(choices)
     if (
-        isinstance(choices, str)
-        or not isinstance(choices, Iterable)
-        or len(choices := list(choices)) < 2
-        or not all(isinstance(c, str) and c.strip() for c in choices)
+        options is None
+        or len(options) < 2
+        or not all(isinstance(c, str) and c.strip() for c in options)
     ):
+        shown = choices if options is None else options
         raise ValueError(
-            f"{schema} {where}: 'choices' must hold at least 2 non-empty strings, got {choices!r}."
+            f"{schema} {where}: 'choices' must hold at least 2 non-empty strings, got {shown!r}."
         )
-    return choices
+    return options
 
 
 def _check_question(schema: str, where: str, question: Any) -> str:
@@ -59,10 +64,10 @@ def _check_question(schema: str, where: str, question: Any) -> str:
     return question.strip()
 
 
-def arc_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict]:
+def arc_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict[str, Any]]:
     """``allenai/ai2_arc`` rows: ``question``, ``choices {"text": [...], "label": [...]}``,
     ``answerKey`` (one of the labels: ``"A"``.. or ``"1"``..)."""
-    items = []
+    items: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         where = _row_id(row, i)
         question = _check_question("ARC", where, row.get("question"))
@@ -104,10 +109,10 @@ def _mmlu_answer(where: str, answer: Any, num_choices: int) -> int:
     return answer
 
 
-def mmlu_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict]:
+def mmlu_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict[str, Any]]:
     """``cais/mmlu`` rows: ``question``, ``subject``, ``choices`` (list), ``answer`` (index or
     letter). The subset is the row's ``subject`` (else ``subset``)."""
-    items = []
+    items: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         where = _row_id(row, i)
         question = _check_question("MMLU", where, row.get("question"))
@@ -130,7 +135,7 @@ def mmlu_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict]:
     return items
 
 
-def bigbench_items(task: Mapping[str, Any], subset: str) -> list[dict]:
+def bigbench_items(task: Mapping[str, Any], subset: str) -> list[dict[str, Any]]:
     """Items of a BIG-bench JSON task whose examples have ``target_scores``."""
     prefix = str(task.get("task_prefix") or "")
     in_prefix = task.get("example_input_prefix", "\nQ: ")
@@ -179,9 +184,9 @@ def _parse_options(text: str) -> tuple[str, list[str]] | None:
     return text[: starts[0].start()].strip(), options
 
 
-def ni_science_items(task: Mapping[str, Any], subset: str) -> list[dict]:
+def ni_science_items(task: Mapping[str, Any], subset: str) -> list[dict[str, Any]]:
     """Items of NI ``subtask047_misc_answering_science_questions`` (answers given as letters)."""
-    items = []
+    items: list[dict[str, Any]] = []
     for example in task.get("examples", []):
         parsed = _parse_options(example["input"])
         target = str((example.get("target") or [""])[0]).strip().rstrip(".")
@@ -199,10 +204,8 @@ def ni_science_items(task: Mapping[str, Any], subset: str) -> list[dict]:
     return items
 
 
-def mc_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict]:
+def mc_items(rows: Iterable[Mapping[str, Any]], subset: str) -> list[dict[str, Any]]:
     """Rows already in the item schema; ``subset`` fills a missing ``"subset"``."""
-    from ecolora.eval.multiple_choice import validate_items
-
     items = [dict(row) for row in rows]
     validate_items(items)
     for item in items:

@@ -29,12 +29,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ecolora.network.link import LinkProfile
+from ecolora.network.link import SCENARIOS, LinkProfile, parse_scenario
+from ecolora.network.tcp import tcp_transfer_time_s
 
 __all__ = [
     "CROSS_CHECK_SIZES",
@@ -346,11 +348,6 @@ def ns3_cross_check(
     downlink; ``down``: the reverse), ``rate_mbps``, ``num_bytes``, ``ns3_s``, ``analytic_s``,
     ``rel_err`` (analytic / ns-3 - 1) and ``wall_s`` (seconds the ns-3 run took).
     """
-    import time
-
-    from ecolora.network.link import SCENARIOS, parse_scenario
-    from ecolora.network.tcp import tcp_transfer_time_s
-
     rows = []
     for key in scenarios if scenarios is not None else list(SCENARIOS):
         p = parse_scenario(key)

@@ -50,12 +50,12 @@ def plot_time_breakdown(
     for j, label in enumerate(labels):
         xs, comp, comm = [], [], []
         for i, key in enumerate(scenarios):
-            entry = results[label].get(key)
-            if entry is None:
+            times = results[label].get(key)
+            if times is None:
                 continue
             xs.append(i - 0.4 + width * (j + 0.5))
-            comp.append(entry["compute_s"] / scale[unit])
-            comm.append(entry["comm_s"] / scale[unit])
+            comp.append(times["compute_s"] / scale[unit])
+            comm.append(times["comm_s"] / scale[unit])
         color = colors[j % len(colors)]
         ax.bar(xs, comp, width, color=color, alpha=0.45, edgecolor=color,
                label=f"{label}: computation")

@@ -89,7 +89,8 @@ def _per_client(row: Mapping[str, Any]) -> list[Mapping[str, Any]]:
             f"round {row.get('round', '?')}: metrics row has no 'per_client' list "
             "(client, upload_bytes, download_bytes, compute_s); cannot time its transfers"
         )
-    return row["per_client"]
+    per_client: list[Mapping[str, Any]] = row["per_client"]
+    return per_client
 
 
 def time_rounds(

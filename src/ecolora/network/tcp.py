@@ -39,9 +39,9 @@ caps, a fluid model: Massoulie & Roberts, "Bandwidth sharing: objectives and alg
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_INITIAL_WINDOW",
@@ -181,7 +181,7 @@ def max_min_rates(caps_bps: np.ndarray, capacity_bps: float) -> np.ndarray:
 
 
 def shared_link_finish_times(
-    start_s: Sequence[float], size_bits: Sequence[float], caps_bps: Sequence[float],
+    start_s: npt.ArrayLike, size_bits: npt.ArrayLike, caps_bps: npt.ArrayLike,
     capacity_bps: float,
 ) -> np.ndarray:
     """Finish times of fluid flows sharing ``capacity_bps`` max-min fairly under per-flow caps.

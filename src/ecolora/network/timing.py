@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ecolora.network.link import LinkProfile, parse_scenario
+from ecolora.network.ns3_backend import ns3_round_times
 from ecolora.network.tcp import (
     shared_link_finish_times,
     tcp_transfer_phases_s,
@@ -148,7 +149,8 @@ def _direction_end_times(
             tcp_transfer_time_s(b, r, p.latency_ms, reverse_rate_mbps=q, loss=p.loss)
             for b, r, q, p in zip(sizes, rates, reverse, links, strict=True)
         ]
-        return starts + np.asarray(durations, dtype=float)
+        ends: np.ndarray = starts + np.asarray(durations, dtype=float)
+        return ends
     if any(p.loss > 0 for p in links):
         logger.warning("link loss is ignored by the analytic model with a shared server link")
     phases = np.array([
@@ -206,8 +208,6 @@ def round_timing(
     links = _resolve_profiles(transfers, profiles)
     compute = np.array([t.compute_s for t in transfers]) * compute_scale
     if backend == "ns3":
-        from ecolora.network.ns3_backend import ns3_round_times
-
         download_s, upload_s = ns3_round_times(
             [(t.download_bytes, t.upload_bytes) for t in transfers], links, compute,
             server_uplink_mbps=server_uplink_mbps, server_downlink_mbps=server_downlink_mbps,

@@ -6,15 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ecolora.network import time_to_target
+from ecolora.network.runs import TOTAL_KEYS, annotate_metrics, normalize_scenarios
+from ecolora.report.runs import load_run, run_labels
 
-from ecolora.report.plots import load_run
-
-__all__ = ["compare_runs", "format_markdown", "format_netsim", "run_labels"]
-
-# Settings that never change what a run computes: left out of the labels.
-_NOT_A_VARIANT = ("train.num_threads", "eval.batch_size")
-
+__all__ = ["compare_runs", "format_markdown", "format_netsim"]
 
 def compare_runs(
     run_dirs: Sequence[Path],
@@ -24,8 +20,6 @@ def compare_runs(
     scenario: str = "1/5",
 ) -> list[dict[str, Any]]:
     """One row per run: quality, params and bytes (up/total), time under ``scenario``, ratios."""
-    from ecolora.network import time_to_target
-
     if not run_dirs:
         raise ValueError("Give at least one run directory.")
     rows = []
@@ -75,8 +69,6 @@ def _timings(metrics: list[dict[str, Any]], summary: Mapping[str, Any], scenario
     (FedBuff's event loop and HierFedLoRA's group rounds time themselves; a synchronous run's
     entries come from the same model as a recomputation), else the synchronous-round model over
     the recorded bytes and compute times."""
-    from ecolora.network.runs import TOTAL_KEYS, annotate_metrics, normalize_scenarios
-
     key = next(iter(normalize_scenarios([scenario])))
     if metrics and all(key in m.get("net", {}) for m in metrics):
         totals: dict[str, float | int] = {k: float(sum(m["net"][key].get(k, 0.0) for m in metrics)) for k in TOTAL_KEYS}
@@ -88,45 +80,6 @@ def _timings(metrics: list[dict[str, Any]], summary: Mapping[str, Any], scenario
         raise ValueError(f"{run_dir}: {base} times its rounds itself and has no timing for {key} (it has {have}); "
                          f"compare it under one of those, or re-run it with that link (fedbuff.link / network.scenarios).")
     return annotate_metrics(metrics, [scenario])
-
-
-def run_labels(run_dirs: Sequence[Path]) -> list[str]:
-    """A name per run: its method, and where several runs share a method, the settings that set
-    each apart from the defaults (``fedit+ecolora (ecolora.segments=False)``); the directory name
-    when their configs do not tell them apart."""
-    from ecolora.config import RunConfig
-
-    methods, flats = [], []
-    for run_dir in run_dirs:
-        _, summary = load_run(Path(run_dir))
-        methods.append(summary.get("method") or Path(run_dir).name)
-        path = Path(run_dir) / "config.yaml"
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        flats.append(_flatten(config or {}))
-    defaults = _flatten(RunConfig().to_dict())
-    labels = []
-    for i, method in enumerate(methods):
-        peers = [flats[j] for j, m in enumerate(methods) if m == method]
-        if len(peers) == 1:
-            labels.append(method)
-            continue
-        differing = sorted({k for f in peers for k in f if any(g.get(k) != f.get(k) for g in peers)}
-                           - set(_NOT_A_VARIANT))
-        mine = [f"{k}={flats[i][k]}" for k in differing if k in flats[i] and flats[i][k] != defaults.get(k)]
-        labels.append(f"{method} ({', '.join(mine)})" if mine else method)
-    # Identical configs: the directory names tell them apart.
-    return [f"{label} [{Path(run_dirs[i]).name}]" if labels.count(label) > 1 else label
-            for i, label in enumerate(labels)]
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _to_target(metrics: list[dict[str, Any]], key: str, target: float, time_to_target: Any) -> dict[str, Any]:

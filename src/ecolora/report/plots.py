@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["load_run", "plot_quality_vs_bytes", "plot_run"]
+from ecolora.report.runs import load_run, run_labels  # noqa: E402
 
-
-def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Read a run directory's metrics.jsonl and summary.json (summary may be absent mid-run)."""
-    run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: metrics.jsonl is missing.")
-    metrics = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    return metrics, summary
+__all__ = ["plot_quality_vs_bytes", "plot_run"]
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -69,8 +57,6 @@ def plot_run(run_dir: Path) -> list[Path]:
 
 def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
     """Eval loss against cumulative total MB, one line per run (the comparison plot)."""
-    from ecolora.report.compare import run_labels
-
     curves = []
     for run_dir, label in zip(run_dirs, run_labels(run_dirs), strict=True):
         metrics, summary = load_run(Path(run_dir))
@@ -82,7 +68,8 @@ def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
     ends = [pts[-1][0] for _, _, pts in curves if pts and pts[-1][0] > 0]
     log_x = len(ends) > 1 and max(ends) > 20 * min(ends)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    cmap = matplotlib.colormaps["tab10" if len(curves) <= 10 else "tab20"]
+    colors = [cmap(i) for i in range(cmap.N)]  # a qualitative map: its N listed colors
     for i, (label, initial, pts) in enumerate(curves):
         if initial is not None and not log_x:
             pts = [(0.0, initial)] + pts

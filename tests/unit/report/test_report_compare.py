@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from ecolora.config import load_config
-from ecolora.report.compare import compare_runs, format_markdown, run_labels
+from ecolora.report.compare import compare_runs, format_markdown
 from ecolora.report.plots import plot_quality_vs_bytes
+from ecolora.report.runs import run_labels
 
 
 def _write_run(root: Path, name: str, method: str, up: list[int], down: list[int], evals: list[float | None],
