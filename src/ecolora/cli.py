@@ -5,18 +5,34 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False, help=(
+from ecolora.config import ConfigError, RunConfig, load_config
+from ecolora.rundir import (
+    RunDirError,
+    RunStopped,
+    SetupError,
+    claim_run_dir,
+    clear_stop,
+    request_stop,
+    stop_requested,
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help=(
     "ecolora: communication-efficient federated fine-tuning of LLMs with LoRA.\n\n"
-    "With no command, `ecolora run` runs the quickstart preset."
+    "Start with `ecolora run --config configs/smoke.yaml` (a minute on a laptop) or "
+    "`ecolora run` (the quickstart preset, downloads SmolLM2-135M once)."
 ))
 bench_app = typer.Typer(help="Benchmarks (results belong in docs/).")
 app.add_typer(bench_app, name="bench")
@@ -36,57 +52,106 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> None:
+VERBOSE_HELP = "Debug-level log lines (per-client details)."
+DEBUG_HELP = "Show the full traceback of an error instead of one `error:` line."
+# Expected failures: one `error: <cause>; <fix>` line and exit code 2 (--debug: the traceback).
+EXPECTED_ERRORS = (ConfigError, SetupError, RunDirError, FileNotFoundError, PermissionError, ImportError)
+OPTIONAL_EXTRAS = {"flwr": "flower", "ns": "ns3", "tensorboard": "tensorboard", "lm_eval": "lm-eval"}
+
+
+def _fail(message: str) -> NoReturn:
     console.print("[bold red]error:[/] ", end="")
-    console.print(message, markup=False, soft_wrap=True, highlight=False)
+    console.print(" ".join(message.split()), markup=False, soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
-@app.callback(invoke_without_command=True)
-def main(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(run)
+def error_line(exc: BaseException) -> str:
+    """The one-line message of an expected failure (a missing optional package names its extra)."""
+    if isinstance(exc, ImportError) and exc.name and "pip install" not in str(exc):
+        top = (exc.name or "").split(".")[0]
+        extra = OPTIONAL_EXTRAS.get(top)
+        fix = f"pip install 'ecolora[{extra}]'" if extra else f"pip install {top}"
+        return f"the optional package `{top}` is not installed; {fix}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@contextmanager
+def expected_failures(debug: bool) -> Iterator[None]:
+    """Report :data:`EXPECTED_ERRORS` as one line with exit code 2; ``debug`` re-raises them."""
+    try:
+        yield
+    except EXPECTED_ERRORS as exc:
+        if debug:
+            raise
+        _fail(error_line(exc))
 
 
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (default: configs/quickstart.yaml).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>-<time>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory, new or empty (default: runs/<name>-<time>).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set fed.rounds=5 (repeatable).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)] = False,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last checkpoint (config from DIR/config.yaml).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="If --out is not empty, move it aside to OUT.old-<time> (never deleted) and start over.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
-    """Run a federated fine-tuning experiment and write its run directory."""
-    from ecolora.config import ConfigError, load_config
+    """Run a federated fine-tuning experiment and write its run directory.
 
+    Ctrl-C (or SIGTERM) finishes the current round, writes its checkpoint and exits with 130;
+    `ecolora run --resume DIR` continues from there. A second Ctrl-C abandons the round.
+    """
     _setup_logging(verbose)
-    if resume is not None:
-        if config is not None or overrides or out is not None:
-            _fail("--resume takes the config and the run directory from DIR; drop --config, --set and --out.")
-        if not (resume / "config.yaml").is_file():
-            _fail(f"{resume} has no config.yaml; is it a run directory?")
-        config, out = resume / "config.yaml", resume
-    path = config if config is not None else PRESETS / "quickstart.yaml"
-    try:
-        cfg = load_config(path, overrides or [])
-    except ConfigError as exc:
-        _fail(str(exc))
-    out_dir = out or Path("runs") / f"{Path(path).stem}-{cfg.method.replace('+', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
-    from ecolora.report.progress import round_table, run_with_progress
-
-    if resume is not None:
-        from ecolora.sim.checkpoint import ResumeError
-        from ecolora.sim.runner import run_experiment
-
-        try:
-            summary = run_experiment(cfg, out_dir, resume=True)
-        except ResumeError as exc:
-            _fail(str(exc))
-        console.print(round_table(out_dir))
-    else:
-        summary = run_with_progress(cfg, out_dir, console)
+    with expected_failures(debug):
+        cfg, out_dir = _resolve_run(config, out, overrides or [], resume, overwrite)
+        moved = claim_run_dir(out_dir, "resume" if resume else "overwrite" if overwrite else "new")
+        if moved is not None:
+            console.print(f"Moved the old {out_dir} aside to {moved}", markup=False)
+        summary = _run_until_stopped(cfg, out_dir, resume is not None)
     console.print(f"Run directory: [bold]{out_dir}[/]")
     typer.echo(json.dumps({k: summary[k] for k in ("method", "final_eval_loss", "upload_bytes", "download_bytes", "wall_s")}))
+
+
+def _resolve_run(config: Path | None, out: Path | None, overrides: list[str], resume: Path | None,
+                 overwrite: bool) -> tuple[RunConfig, Path]:
+    """The run's config and directory from the options (``--resume DIR``: both from DIR)."""
+    if resume is not None:
+        if config is not None or overrides or out is not None or overwrite:
+            _fail("--resume takes the config and the run directory from DIR; drop --config, --set, --out and --overwrite.")
+        if not (resume / "config.yaml").is_file():
+            _fail(f"{resume} has no config.yaml, so it is not a run directory; pass the directory a run wrote.")
+        config, out = resume / "config.yaml", resume
+    path = config if config is not None else PRESETS / "quickstart.yaml"
+    cfg = load_config(path, overrides)
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    return cfg, out or Path("runs") / f"{Path(path).stem}-{cfg.method.replace('+', '-')}-{stamp}"
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    if stop_requested():
+        raise KeyboardInterrupt  # second signal: abandon the round now
+    request_stop()
+    console.print("[yellow]Stopping after this round (its checkpoint is written); press Ctrl-C again to abandon the round.[/]")
+
+
+def _run_until_stopped(cfg: RunConfig, out_dir: Path, resume: bool) -> dict[str, object]:
+    """Run with progress bars; on SIGINT/SIGTERM stop cleanly, say how to resume, exit 130."""
+    from ecolora.report.progress import run_with_progress
+
+    clear_stop()
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    how = f"resume with: ecolora run --resume {out_dir}"
+    try:
+        return run_with_progress(cfg, out_dir, console, resume=resume)
+    except RunStopped as stop:
+        note = "" if stop.checkpointed else " (fed.checkpoint_every is 0: it starts over)"
+        console.print(f"stopped after {stop.unit} {stop.step}; {how}{note}", markup=False)
+    except KeyboardInterrupt:
+        console.print(f"stopped during a round; {how} (from its last checkpoint)", markup=False)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    raise typer.Exit(code=130)
 
 
 @app.command()
@@ -171,15 +236,17 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Items per task.")] = None,
     path: Annotated[str | None, typer.Option(help="Local file for suites in a hub schema.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
     """Score a base model or a fine-tuned adapter on an evaluation suite."""
     _setup_logging(False)
     from ecolora.eval.adapter import evaluate_adapter
 
-    try:
-        result = evaluate_adapter(adapter=adapter, suite=suite, model=model, limit=limit, path=path)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    with expected_failures(debug):
+        try:
+            result = evaluate_adapter(adapter=adapter, suite=suite, model=model, limit=limit, path=path)
+        except ValueError as exc:
+            _fail(str(exc))
     typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 

@@ -100,6 +100,8 @@ def load_instruction_rows(
         raise FileNotFoundError(f"Data file or folder `{source}` does not exist.")
     else:
         rows = _read_hub(source, split)
+    if not rows:
+        raise ValueError(f"`{source}` is empty: it holds no rows (expected one object per row)")
     if limit is not None and limit < len(rows):
         rows = [rows[i] for i in _sample_indices(len(rows), limit, seed)]
     logger.info("Loaded %d instruction rows from %s (split %s)", len(rows), source, split)

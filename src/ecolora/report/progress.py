@@ -16,8 +16,10 @@ from ecolora.sim.runner import run_experiment
 __all__ = ["round_table", "run_with_progress"]
 
 
-def run_with_progress(config: RunConfig, out_dir: Path, console: Console) -> dict[str, Any]:
-    """Run with two progress bars, then print the per-round table."""
+def run_with_progress(
+    config: RunConfig, out_dir: Path, console: Console, resume: bool = False
+) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) with two progress bars, then print the per-round table."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         rounds = bar.add_task("rounds", total=config.fed.rounds)
@@ -30,7 +32,7 @@ def run_with_progress(config: RunConfig, out_dir: Path, console: Console) -> dic
             else:
                 bar.update(clients, completed=done, total=total)
 
-        summary = run_experiment(config, out_dir, progress=hook)
+        summary = run_experiment(config, out_dir, progress=hook, resume=resume)
     Console().print(round_table(out_dir))
     return summary
 

@@ -37,6 +37,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from ecolora.rundir import RunDirError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ecolora.config import RunConfig
     from ecolora.network.ledger import ByteLedger
@@ -73,7 +75,7 @@ _NAME = re.compile(r"^round-(\d{6})\.safetensors$")
 _TREE = "__tree__"
 
 
-class ResumeError(ValueError):
+class ResumeError(RunDirError):
     """A run cannot be resumed as asked (e.g. its config changed since the checkpoint)."""
 
 

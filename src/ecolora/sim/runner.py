@@ -41,6 +41,7 @@ from ecolora.sim.checkpoint import (
     save_checkpoint,
 )
 from ecolora.sim.faults import draw_fault, upload
+from ecolora.rundir import RunStopped, stop_requested
 from ecolora.sim.runtime import SimClient
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
@@ -159,18 +160,17 @@ class RunJournal:
         self._wall_start = time.perf_counter()
         self.config, self.out_dir = config, Path(out_dir)
         self.restored = resume_state(config, self.out_dir) if resume else None
-        if self.restored is None:
-            self.metrics_path = start_run_dir(config, self.out_dir)
-        else:
-            self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.metrics_path = self.out_dir / "metrics.jsonl"  # the directory starts in begin()
         self.history: list[dict[str, Any]] = []
         self.initial_eval = math.nan
         self._prior_wall_s = 0.0
+        self._unit = "round"
 
     def begin(self, setup: RunSetup, sampler: np.random.Generator, ledger: ByteLedger, unit: str = "round") -> int:
         """Evaluate the initial global model, or restore the checkpoint; return the rounds already done."""
-        state = self.restored
+        state, self._unit = self.restored, unit
         if state is None:
+            start_run_dir(self.config, self.out_dir)  # only now: a failed setup leaves nothing
             self.initial_eval = evaluate_global(setup)
             logger.info("Initial eval loss of the global adapter: %.4f", self.initial_eval)
             return 0
@@ -191,13 +191,17 @@ class RunJournal:
     def checkpoint(self, step: int, every: int, setup: RunSetup, sampler: np.random.Generator,
                    ledger: ByteLedger, loop_state: Callable[[], dict[str, Any]] | None = None) -> None:
         """Save the run after ``step`` if a checkpoint is due; ``loop_state()`` adds the loop's own
-        state (called only then: FedBuff's waits for the jobs in flight)."""
-        if not checkpoint_due(step, every, self.config.fed.rounds):
-            return
-        extra = {"config_json": config_json(self.config), "initial_eval": self.initial_eval,
-                 "wall_s": self.wall_s, **(loop_state() if loop_state else {})}
-        save_checkpoint(self.out_dir / CHECKPOINT_DIR, step,
-                        capture_run(setup, step, sampler, ledger, self.history, extra))
+        state (called only then: FedBuff's waits for the jobs in flight). After a stop request
+        (:func:`~ecolora.rundir.request_stop`) it saves if checkpoints are on, then raises
+        :class:`~ecolora.rundir.RunStopped`."""
+        stop = stop_requested() and step < self.config.fed.rounds
+        if checkpoint_due(step, every, self.config.fed.rounds) or (stop and every > 0):
+            extra = {"config_json": config_json(self.config), "initial_eval": self.initial_eval,
+                     "wall_s": self.wall_s, **(loop_state() if loop_state else {})}
+            save_checkpoint(self.out_dir / CHECKPOINT_DIR, step,
+                            capture_run(setup, step, sampler, ledger, self.history, extra))
+        if stop:
+            raise RunStopped(step, self._unit, checkpointed=every > 0)
 
     @property
     def wall_s(self) -> float:

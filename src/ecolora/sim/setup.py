@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,49 @@ from ecolora.client.lora import (
     get_lora_state,
     save_adapter,
 )
-from ecolora.client.model import load_base_model
+from ecolora.cache import AssetError
+from ecolora.client.model import BUILTIN_MODELS, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
+from ecolora.rundir import SetupError
 from ecolora.sim.runtime import SharedModel, SimClient
 from ecolora.strategies import build_strategy
 from ecolora.strategies.base import Strategy
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["RunSetup", "TaskData", "build_method_strategy", "build_setup", "build_task", "seed_everything"]
+__all__ = [
+    "RunSetup",
+    "TaskData",
+    "build_method_strategy",
+    "build_setup",
+    "build_task",
+    "seed_everything",
+    "setup_step",
+]
+
+MODEL_FIX = (
+    f"set model.name to a built-in ({', '.join(BUILTIN_MODELS)}), a local folder with config.json, "
+    "or a hub id 'org/name' (a hub id needs the network, or a cached copy and HF_HUB_OFFLINE=1)"
+)
+DATA_FIX = (
+    "set data.source to bigbench-ni, a .json/.jsonl/.parquet file or folder in Dolly or Alpaca "
+    "form, or a hub dataset id (docs/data.md)"
+)
+
+
+@contextmanager
+def setup_step(what: str, fix: str) -> Iterator[None]:
+    """Turn an expected failure of one setup step into a one-line :class:`SetupError`:
+    ``"<what>: <cause>; <fix>"`` (the original exception stays chained for ``--debug``)."""
+    try:
+        yield
+    except SetupError:
+        raise
+    except (OSError, ValueError, AssetError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = " ".join(lines[:3]).rstrip(".") or type(exc).__name__
+        raise SetupError(f"{what}: {cause}; {fix}.") from exc
 
 
 def seed_everything(seed: int) -> None:
@@ -111,28 +145,33 @@ def build_setup(config: RunConfig) -> RunSetup:
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     dtype = torch.float32 if config.model.dtype == "float32" else torch.bfloat16
-    base, tokenizer = load_base_model(config.model.name, dtype=dtype)
+    with setup_step(f"cannot load model {config.model.name!r}", MODEL_FIX):
+        base, tokenizer = load_base_model(config.model.name, dtype=dtype)
     settings = LoraSettings(
         r=config.lora.r,
         alpha=config.lora.alpha,
         dropout=config.lora.dropout,
         target_modules=tuple(config.lora.target_modules),
     )
-    model = attach_lora(base, settings, seed=config.seed)
+    with setup_step("bad lora.target_modules", "set lora.target_modules to Linear modules of this model"):
+        model = attach_lora(base, settings, seed=config.seed)
     adapter_for_rank = _flora_adapters(config, model, settings)
     initial_lora = get_lora_state(model)
 
-    task = build_task(config, tokenizer)
+    with setup_step(f"cannot read data {config.data.source!r}", DATA_FIX):
+        task = build_task(config, tokenizer)
     from ecolora.data import make_partitioner, partition_stats
 
-    partitioner = make_partitioner(
-        config.data.partition,
-        task.train_rows,
-        config.fed.num_clients,
-        seed=config.seed,
-        alpha=config.data.alpha,
-        num_clusters=config.data.num_clusters,
-    )
+    with setup_step(f"cannot split the data into {config.fed.num_clients} clients",
+                    "lower fed.num_clients or raise data.limit, or choose another data.partition"):
+        partitioner = make_partitioner(
+            config.data.partition,
+            task.train_rows,
+            config.fed.num_clients,
+            seed=config.seed,
+            alpha=config.data.alpha,
+            num_clusters=config.data.num_clusters,
+        )
     stats = partition_stats(task.train_rows, partitioner)
     trainer = LocalTrainer(
         model=model,
