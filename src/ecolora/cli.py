@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -116,10 +116,12 @@ def _resolve_run(config: Path | None, out: Path | None, overrides: list[str], re
                  overwrite: bool) -> tuple[RunConfig, Path]:
     """The run's config and directory from the options (``--resume DIR``: both from DIR)."""
     if resume is not None:
-        if config is not None or overrides or out is not None or overwrite:
-            _fail("--resume takes the config and the run directory from DIR; drop --config, --set, --out and --overwrite.")
+        if config is not None or overrides or out is not None:
+            _fail("--resume takes the config and the run directory from DIR; drop --config, --set and --out.")
+        if overwrite:
+            _fail("--resume continues DIR and --overwrite moves it aside; pass one of them.")
         if not (resume / "config.yaml").is_file():
-            _fail(f"{resume} has no config.yaml, so it is not a run directory; pass the directory a run wrote.")
+            _fail(f"{resume} has no config.yaml; is it a run directory?")
         config, out = resume / "config.yaml", resume
     path = config if config is not None else PRESETS / "quickstart.yaml"
     cfg = load_config(path, overrides)
@@ -192,7 +194,7 @@ def netsim(
     """Communication and round time of an existing run under simulated links."""
     from ecolora.network import LinkProfile, simulate_run
 
-    profiles: list = list(scenario or [])
+    profiles: list[Any] = list(scenario or [])
     if uplink_mbps is not None or downlink_mbps is not None:
         if uplink_mbps is None or downlink_mbps is None:
             _fail("--uplink-mbps and --downlink-mbps go together.")

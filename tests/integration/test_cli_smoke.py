@@ -44,7 +44,7 @@ def _check_run_dir(out: Path, method: str, rounds: int) -> tuple[list[dict], dic
 @pytest.mark.integration
 def test_smoke_fedit_run_directory_and_adapter_loads(tmp_path):
     out = tmp_path / "fedit"
-    proc = _run(out)
+    proc = _run(out, "method=fedit")  # the preset runs fedit+ecolora; this pins the dense baseline
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics, summary = _check_run_dir(out, "fedit", 3)
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]

@@ -137,3 +137,26 @@ def test_bare_ecolora_prints_help() -> None:
 def test_verbose_has_help_text() -> None:
     result = CliRunner().invoke(app, ["run", "--help"])
     assert "Debug-level log lines" in " ".join(result.output.split())
+
+
+def test_smoke_preset_runs_ecolora() -> None:
+    from ecolora.config import load_config
+
+    assert load_config(SMOKE).method == "fedit+ecolora"
+
+
+def test_resume_shows_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecolora.config import load_config
+    from ecolora.sim.runner import start_run_dir
+
+    start_run_dir(load_config(SMOKE), tmp_path)
+    calls: list[dict[str, object]] = []
+
+    def fake_run(config: object, out_dir: Path, progress: object = None, resume: bool = False) -> dict[str, object]:
+        calls.append({"progress": progress, "resume": resume})
+        return {"method": "fedit+ecolora", "final_eval_loss": 1.0, "upload_bytes": 1, "download_bytes": 1, "wall_s": 0.0}
+
+    monkeypatch.setattr("ecolora.report.progress.run_experiment", fake_run)
+    result = CliRunner().invoke(app, ["run", "--resume", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert calls and calls[0]["resume"] is True and callable(calls[0]["progress"])

@@ -30,6 +30,7 @@ import yaml
 
 from ecolora.config import RunConfig
 from ecolora.network.ledger import ByteLedger
+from ecolora.rundir import RunStopped, stop_requested
 from ecolora.sim.checkpoint import (
     CHECKPOINT_DIR,
     capture_run,
@@ -41,7 +42,6 @@ from ecolora.sim.checkpoint import (
     save_checkpoint,
 )
 from ecolora.sim.faults import draw_fault, upload
-from ecolora.rundir import RunStopped, stop_requested
 from ecolora.sim.runtime import SimClient
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport

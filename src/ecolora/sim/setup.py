@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecolora.cache import AssetError
 from ecolora.client.lora import (
     LoraSettings,
     add_lora_adapter,
@@ -23,7 +24,6 @@ from ecolora.client.lora import (
     get_lora_state,
     save_adapter,
 )
-from ecolora.cache import AssetError
 from ecolora.client.model import BUILTIN_MODELS, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
