@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
+
+from ecolora.client.model import load_base_model
+
 logger = logging.getLogger("ecolora")
 
 __all__ = ["BUILTIN_BASE_MODELS", "evaluate_with_lm_eval"]
@@ -39,12 +43,8 @@ def _build_lm(
     hflm: Any, base_model: str, adapter_dir: str | Path | None, batch_size: int, device: str
 ) -> Any:
     if base_model in BUILTIN_BASE_MODELS:
-        from ecolora.client.model import load_base_model
-
         model, tokenizer = load_base_model(base_model)
         if adapter_dir is not None:
-            from peft import PeftModel
-
             model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         return hflm(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     peft = str(adapter_dir) if adapter_dir is not None else None

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from peft import PeftModel
 
-from ecolora.client.lora import get_lora_state, set_lora_state, use_adapter
+from ecolora.client.lora import add_to_base_weights, get_lora_state, set_lora_state, use_adapter
 from ecolora.client.train import LocalTrainer
 from ecolora.strategies.base import TrainResult
 
@@ -24,7 +25,7 @@ __all__ = ["SharedModel", "SimClient"]
 class SharedModel:
     """The one peft model of the run plus bookkeeping of adapters and merged base deltas."""
 
-    model: torch.nn.Module
+    model: PeftModel
     trainer: LocalTrainer
     adapter_for_rank: Callable[[int], str] | None = None  # FLoRA: rank -> adapter name
     active_adapter: str = "default"
@@ -70,8 +71,6 @@ class SimClient:
         """Add dense deltas to base weights once per tag (all simulated clients share the base)."""
         if tag in self.shared.merged_tags:
             return
-        from ecolora.client.lora import add_to_base_weights
-
         add_to_base_weights(self.shared.model, deltas)
         self.shared.merged_tags.add(tag)
 

@@ -33,7 +33,7 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ import torch
 
 from ecolora import codec
 from ecolora.config import RunConfig
+from ecolora.strategies.message import Message
 from ecolora.strategies.validation import validate_update
 
 logger = logging.getLogger("ecolora")
@@ -66,16 +67,6 @@ class AggregationError(ValueError):
 
 
 @dataclass
-class Message:
-    """What crosses the wire in one direction for one client: a small JSON config and tensors."""
-
-    config: dict[str, Any] = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    num_examples: int = 0  # replies only: the client's training sample count
-    metrics: dict[str, float] = field(default_factory=dict)  # replies only
-
-
-@dataclass
 class TrainResult:
     train_loss: float
     initial_loss: float  # loss of the first local batch (the server's L_0 for eq. 4)
@@ -94,8 +85,10 @@ class ClientRuntime(Protocol):
     """
 
     client_id: int
-    num_examples: int
     state: dict[str, Any]
+
+    @property
+    def num_examples(self) -> int: ...
 
     def get_lora(self) -> dict[str, torch.Tensor]: ...
 
@@ -114,6 +107,7 @@ class Strategy(ABC):
     """Base class of all algorithms. Subclasses set ``name`` and override the round hooks."""
 
     name: str = ""
+    _pending: _PendingRound | None = None  # the round being aggregated (aggregate_begin .. _end)
 
     def __init__(self, config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> None:
         self.config = config
@@ -201,7 +195,7 @@ class Strategy(ABC):
         return metrics
 
     def _require_pending(self, what: str) -> _PendingRound:
-        pending = getattr(self, "_pending", None)
+        pending = self._pending
         if pending is None:
             raise AggregationError(f"{what} needs aggregate_begin(server_round) first.")
         return pending
@@ -325,7 +319,7 @@ def clip_delta_reply(reply: Message, max_norm: float) -> tuple[Message, float]:
 
 
 def weighted_average(
-    tensors: list[Mapping[str, torch.Tensor]], weights: list[float], keys: list[str] | None = None
+    tensors: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], keys: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
     """Sum_i w_i * T_i / sum_i w_i for each key; names and shapes must agree across replies."""
     if not tensors:

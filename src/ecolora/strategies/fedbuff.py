@@ -71,15 +71,14 @@ class _Versioned:
         out, staleness = {}, []
         for job, reply in replies.items():
             version = reply.config.get("version")
-            fresh = isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= self.version
-            if fresh:
+            if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= self.version:
                 staleness.append(self.version - version)
                 reply = Message(config={**reply.config, "round": server_step}, tensors=reply.tensors,
                                 num_examples=reply.num_examples, metrics=reply.metrics)
             out[job] = reply
         return out, staleness
 
-    def _weight(self, reply: Message) -> float:
+    def _staleness_weight(self, reply: Message) -> float:
         fb = self.config.fedbuff
         return fb.server_lr * staleness_weight(self.version - int(reply.config["version"]), fb.staleness_exponent)
 
@@ -112,7 +111,7 @@ class FedBuff(_Versioned, FedIT):
         self._weight_sum = 0.0
 
     def fold(self, client_id: int, reply: Message) -> None:
-        w = self._weight(reply)
+        w = self._staleness_weight(reply)
         for k, acc in self._sum.items():
             acc.add_(reply.tensors[k].float(), alpha=float(reply.num_examples) * w)
         self._weight_sum += float(reply.num_examples)
@@ -191,7 +190,7 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
         scaled = {}
         for job, reply in stamped.items():
             if reply.config.get("round") == server_round:
-                w = self._weight(reply)
+                w = self._staleness_weight(reply)
                 reply = Message(config=reply.config, tensors={k: v.float() * w for k, v in reply.tensors.items()},
                                 num_examples=reply.num_examples, metrics=reply.metrics)
             scaled[job] = reply

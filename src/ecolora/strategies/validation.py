@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ecolora.strategies.base import Message
+from ecolora.strategies.message import Message
 
 __all__ = [
     "ECHOED_KEYS",
