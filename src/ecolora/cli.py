@@ -164,12 +164,16 @@ def compare(
     target_eval_loss: Annotated[float | None, typer.Option(help="Report rounds/params/bytes/time to first reach this eval loss.")] = None,
     scenario: Annotated[str, typer.Option(help="Link scenario for the time columns (uplink/downlink Mbps).")] = "1/5",
     plot: Annotated[Path | None, typer.Option(help="Write quality-vs-bytes plot here (PNG).")] = None,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Group runs that differ only by seed: mean ± sd per group; --plot draws eval-loss curves with sd bands.")] = False,
 ) -> None:
     """Compare runs in the paper's Table 1 / Table 3 form."""
     from ecolora.report.compare import compare_runs, format_markdown
 
     if fmt not in ("markdown", "json"):
         _fail(f"--format must be markdown or json, got {fmt!r}.")
+    if seeds:
+        _compare_seeds(run_dirs, fmt, scenario, plot)
+        return
     try:
         rows = compare_runs(run_dirs, baseline=baseline, target_eval_loss=target_eval_loss, scenario=scenario)
     except (FileNotFoundError, ValueError) as exc:
@@ -179,6 +183,18 @@ def compare(
 
         plot_quality_vs_bytes(run_dirs, plot)
     typer.echo(json.dumps(rows, indent=2) if fmt == "json" else format_markdown(rows))
+
+
+def _compare_seeds(run_dirs: list[Path], fmt: str, scenario: str, plot: Path | None) -> None:
+    from ecolora.report.seeds import format_seed_table, plot_seed_curves, summarize_seeds
+
+    try:
+        rows = summarize_seeds(run_dirs, scenario=scenario)
+        if plot is not None:
+            plot_seed_curves(run_dirs, plot)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(rows, indent=2) if fmt == "json" else format_seed_table(rows))
 
 
 @app.command()
