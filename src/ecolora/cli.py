@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -42,6 +43,8 @@ PRESETS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _setup_logging(verbose: bool) -> None:
+    if not verbose:  # libraries' deprecation notices are for developers, not in normal output
+        warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(
         level=logging.INFO if not verbose else logging.DEBUG,
         format="%(message)s",
@@ -236,20 +239,41 @@ def netsim(
 
 @bench_app.command("codec")
 def bench_codec(
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    repeats: Annotated[int, typer.Option()] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows instead of the table.")] = False,
+    repeats: Annotated[int | None, typer.Option(help="Timing repeats per cell, best kept (default 3; --quick: 1).")] = None,
+    values: Annotated[int, typer.Option("--values", help="LoRA values to code (default: Llama2-7B q/v rank 16, 8,388,608).")] = 8_388_608,
+    quick: Annotated[bool, typer.Option("--quick", help="One case, densities 0.1 and 0.5, one repeat, zstd-3 only: seconds, not minutes.")] = False,
 ) -> None:
-    """Codec speed and size on a Llama2-7B-shaped LoRA (r=16, q/v, 32 layers)."""
-    from ecolora.bench.codec import format_table, run_codec_bench
+    """Codec speed and size on a Llama2-7B-shaped LoRA (r=16, q/v, 32 layers), with a column legend."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    rows = run_codec_bench(repeats=repeats)
-    typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
+    from ecolora.bench.codec import (
+        QUICK,
+        format_legend,
+        format_table,
+        lora_shape_for,
+        run_codec_bench,
+    )
+
+    try:
+        num_layers, hidden = lora_shape_for(values)
+    except ValueError as exc:
+        _fail(str(exc))
+    options = dict(QUICK) if quick else {}
+    if repeats is not None:
+        options["repeats"] = repeats
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"codec bench ({num_layers * 4 * 16 * hidden:,} values)", total=None)
+        rows = run_codec_bench(num_layers=num_layers, hidden=hidden, **options,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(json.dumps(rows, indent=2) if as_json else f"{format_table(rows)}\n\n{format_legend(rows)}")
 
 
 @app.command("eval")
 def evaluate(
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder (a run's adapter/); omit for the base model.")] = None,
-    suite: Annotated[str, typer.Option(help="bigbench-mc, arc, mmlu, preference, heldout.")] = "bigbench-mc",
+    suite: Annotated[str, typer.Option(help="bigbench-mc, arc, mmlu, mc, preference, loss, heldout (the run's own held-out split), or lm-eval:TASK[,TASK] (needs lm-eval).")] = "bigbench-mc",
     model: Annotated[str | None, typer.Option(help="Base model (default: from the run's config.yaml, else smollm2-135m).")] = None,
     limit: Annotated[int | None, typer.Option(help="Items per task.")] = None,
     path: Annotated[str | None, typer.Option(help="Local file for suites in a hub schema.")] = None,
@@ -259,13 +283,14 @@ def evaluate(
     """Score a base model or a fine-tuned adapter on an evaluation suite."""
     _setup_logging(False)
     from ecolora.eval.adapter import evaluate_adapter
+    from ecolora.eval.suites import format_result
 
     with expected_failures(debug):
         try:
             result = evaluate_adapter(adapter=adapter, suite=suite, model=model, limit=limit, path=path)
         except ValueError as exc:
             _fail(str(exc))
-    typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    typer.echo(json.dumps(result, indent=2) if as_json else format_result(result))
 
 
 def _entry() -> None:  # pragma: no cover

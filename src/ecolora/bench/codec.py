@@ -23,7 +23,7 @@ import math
 import time
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,9 @@ from ecolora.compress import sparsify_topk, topk_mask
 __all__ = [
     "CASES",
     "DENSITIES",
+    "QUICK",
+    "format_legend",
+    "lora_shape_for",
     "format_golomb_table",
     "format_table",
     "golomb_choice_rows",
@@ -53,7 +56,24 @@ __all__ = [
 
 DENSITIES = (0.05, 0.1, 0.3, 0.5, 0.6, 0.95)
 CASES = ("gaussian", "heavy_tail")
+# --quick: seconds instead of minutes (one case, two densities, one repeat, zstd level 3 only).
+QUICK: dict[str, Any] = {"densities": (0.1, 0.5), "cases": ("gaussian",), "repeats": 1, "zstd_levels": (3,)}
 _MB = 1e6
+_RANK = 16
+
+
+def lora_shape_for(num_values: int, hidden: int = 4096) -> tuple[int, int]:
+    """``(num_layers, hidden)`` of a q/v rank-16 LoRA with about ``num_values`` values.
+
+    Layers of the 7B shape (262,144 values each) while at least one fits, else one layer with a
+    smaller hidden size (at least 64).
+    """
+    if num_values < 1:
+        raise ValueError(f"--values must be >= 1, got {num_values}.")
+    per_layer = 2 * 2 * _RANK * hidden  # q and v, A (r, d) and B (d, r)
+    if num_values >= per_layer:
+        return round(num_values / per_layer), hidden
+    return 1, max(64, num_values // (4 * _RANK))
 
 
 def _student_t3(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -168,20 +188,24 @@ def run_codec_bench(
     num_layers: int = 32,
     hidden: int = 4096,
     zstd_levels: Sequence[int] = (3, 19),
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One result dict per (case, density); see the module docstring for the fields.
 
     Uses one torch thread; the caller pins the process to a core for single-core numbers.
-    ``num_layers``/``hidden`` shrink the model for smoke tests.
+    ``num_layers``/``hidden`` shrink the model (:func:`lora_shape_for`); ``progress(done, total)``
+    is called after each (case, density).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     torch.set_num_threads(1)
-    results = []
+    results: list[dict[str, Any]] = []
     for case in cases:
         lora = make_lora(case, num_layers=num_layers, hidden=hidden, seed=seed)
         for density in densities:
             results.append(_one(case, float(density), lora, repeats, zstd_levels))
+            if progress is not None:
+                progress(len(results), len(cases) * len(densities))
     return results
 
 
@@ -205,6 +229,34 @@ _COLUMNS = (
     ("pack_mb_per_s", "pack MB/s", "{:.0f}"),
     ("unpack_mb_per_s", "unpk MB/s", "{:.0f}"),
 )
+
+
+_LEGEND = {
+    "k": "density: the fraction of values top-k keeps",
+    "ours B": "payload bytes of our format (header, positions, fp16 values)",
+    "fp16 vals B": "bytes of the kept values alone (fp16), no positions",
+    "coo B": "int32 index + fp16 value per kept value",
+    "zstd-3 B": "the dense fp16 tensors (zeros included) through zstd level 3",
+    "zstd-19 B": "the same through zstd level 19",
+    "zlib B": "the same through zlib level 6",
+    "pos b/nz": "bits per kept value spent on positions",
+    "H b/nz": "entropy bound on positions, log2 C(n, nnz) / nnz",
+    "pos +%": "position bits above that bound, in percent",
+    "val b/nz": "bits per kept value spent on values",
+    "pack s": "pack time, best wall seconds",
+    "unpack s": "unpack time, best wall seconds",
+    "pack cpu": "pack CPU seconds",
+    "unpack cpu": "unpack CPU seconds",
+    "pack MB/s": "pack throughput, MB of fp32 input per second",
+    "unpk MB/s": "unpack throughput, MB of fp32 input per second",
+}
+
+
+def format_legend(rows: Sequence[dict[str, Any]]) -> str:
+    """What each column of :func:`format_table` means (only the columns it shows)."""
+    shown = [c[1] for c in _COLUMNS if c[1] in _LEGEND and any(c[0] in r for r in rows)]
+    width = max((len(name) for name in shown), default=0)
+    return "\n".join(["Columns:"] + [f"  {name.ljust(width)}  {_LEGEND[name]}" for name in shown])
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

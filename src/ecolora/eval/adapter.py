@@ -14,11 +14,15 @@ from peft import PeftModel
 
 from ecolora.client.lora import LoraSettings, attach_lora
 from ecolora.client.model import load_base_model
+from ecolora.eval.harness import evaluate_with_lm_eval
+from ecolora.eval.heldout import run_heldout
 from ecolora.eval.suites import get_suite, run_suite
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["evaluate_adapter", "load_model_with_adapter"]
+__all__ = ["LM_EVAL_PREFIX", "evaluate_adapter", "load_model_with_adapter"]
+
+LM_EVAL_PREFIX = "lm-eval:"  # --suite lm-eval:arc_easy,mmlu runs lm-evaluation-harness tasks
 
 
 def _base_name(adapter: Path | None, model: str | None) -> str:
@@ -58,16 +62,31 @@ def evaluate_adapter(
     path: str | None = None,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Run one suite; returns the suite's scores plus what was evaluated."""
-    get_suite(suite)  # unknown names fail before the model loads
+    """Run one suite; returns the suite's scores plus what was evaluated.
+
+    ``heldout`` scores the held-out split of the run in ``path`` (default: the folder above
+    ``adapter``); ``lm-eval:TASK[,TASK...]`` runs lm-evaluation-harness tasks (optional package).
+    """
     start = time.perf_counter()
-    peft_model, tokenizer, name = load_model_with_adapter(adapter, model)
-    with torch.no_grad():
-        result = run_suite(
-            suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path
-        )
+    if suite.startswith(LM_EVAL_PREFIX):
+        tasks = [t for t in suite[len(LM_EVAL_PREFIX):].split(",") if t]
+        scores = evaluate_with_lm_eval(_base_name(adapter, model), adapter, tasks, limit, batch_size=batch_size)
+        result: dict[str, Any] = {"suite": suite, "kind": "lm-eval", "tasks": scores}
+    elif suite == "heldout":
+        run_dir = Path(path) if path else Path(adapter).parent if adapter else None
+        if run_dir is None:
+            raise ValueError("The heldout suite scores a run's own held-out split: pass --adapter RUN/adapter or --path RUN.")
+        peft_model, tokenizer, name = load_model_with_adapter(adapter, model)
+        with torch.no_grad():
+            result = run_heldout(peft_model, tokenizer, run_dir, batch_size=batch_size)
+    else:
+        get_suite(suite)  # unknown names fail before the model loads
+        peft_model, tokenizer, name = load_model_with_adapter(adapter, model)
+        with torch.no_grad():
+            result = run_suite(suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path)
     result.update(
-        model=name, adapter=str(adapter) if adapter else None, eval_s=time.perf_counter() - start
+        model=_base_name(adapter, model), adapter=str(adapter) if adapter else None,
+        eval_s=time.perf_counter() - start,
     )
-    logger.info("%s", json.dumps({k: v for k, v in result.items() if k != "subsets"}))
+    logger.debug("%s", json.dumps({k: v for k, v in result.items() if k != "subsets"}))
     return result

@@ -36,12 +36,15 @@ from typing import Any
 
 import torch
 
+from ecolora.data.prompts import format_prompt
+from ecolora.data.sources import normalize_rows
 from ecolora.eval import schemas
 
 logger = logging.getLogger("ecolora")
 
 __all__ = [
     "BIGBENCH_MC_TASKS",
+    "format_result",
     "SUITES",
     "Suite",
     "get_suite",
@@ -213,15 +216,28 @@ def _load_pairs(limit: int | None, path: str | None, default: str | None) -> lis
 
 
 def _load_text(limit: int | None, path: str | None) -> list[dict]:
+    """``text`` or ``prompt``/``response`` rows; a file in a training format (Dolly, Alpaca) is
+    read as the training data is and scored on its responses under the training prompt."""
     if path is None:
         raise ValueError("This suite reads a local file: pass path=... (--path).")
-    rows = [row for file, _ in _data_files(path) for row in _read(file)]
+    rows = []
+    for file, _ in _data_files(path):
+        file_rows = _read(file)
+        if file_rows and not _is_loss_row(file_rows[0]) and "instruction" in file_rows[0]:
+            file_rows = [{"prompt": format_prompt(r), "response": r["output"]}
+                         for r in normalize_rows(file_rows, str(file))]
+        rows += file_rows
     for i, row in enumerate(rows):
-        if not ("text" in row or ("prompt" in row and "response" in row)):
+        if not _is_loss_row(row):
             raise ValueError(
-                f"Loss row {i} needs 'text' or 'prompt' and 'response', got keys {sorted(row)}."
+                f"Loss row {i} needs 'text' or 'prompt' and 'response' (or a training format: "
+                f"Dolly, Alpaca), got keys {sorted(row)}."
             )
     return rows[:limit] if limit is not None else rows
+
+
+def _is_loss_row(row: dict) -> bool:
+    return "text" in row or ("prompt" in row and "response" in row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +364,31 @@ def run_suite(
     return {"suite": name, "kind": suite.kind, **result}
 
 
+def format_result(result: dict[str, Any]) -> str:
+    """Plain text of an evaluation result: a headline, the scores, one line per subset or task."""
+    head = f"suite {result.get('suite')} ({result.get('kind')}) on {result.get('model', '?')}"
+    if result.get("adapter"):
+        head += f" + {result['adapter']}"
+    lines = [head]
+    skip = {"suite", "kind", "model", "adapter", "subsets", "tasks", "eval_s"}
+    scores = [f"{k} {_number(v)}" for k, v in result.items() if k not in skip]
+    lines.append("  " + " | ".join(scores + [f"{float(result.get('eval_s', 0.0)):.1f} s"]))
+    for title, table in (("subset", result.get("subsets")), ("task", result.get("tasks"))):
+        if isinstance(table, dict) and table:
+            width = max(len(str(name)) for name in table)
+            lines.append(f"  {title}s:")
+            for name, row in table.items():
+                cells = " | ".join(f"{k} {_number(v)}" for k, v in row.items())
+                lines.append(f"    {str(name).ljust(width)}  {cells}")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Built-in suites
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +413,7 @@ _BUILTIN = (
     Suite("preference", "preference", partial(_load_pairs, default=None),
           description="reward accuracy/margin on a local preference file"),
     Suite("loss", "loss", _load_text,
-          description="held-out loss on local prompt/response or text rows"),
+          description="held-out loss on local prompt/response, text or training-format rows"),
 )  # fmt: skip
 for _suite in _BUILTIN:
     register_suite(_suite)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ecolora.report.runs import load_run, run_labels  # noqa: E402
 
@@ -32,6 +33,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     if ev:
         ax.plot([r for r, _ in ev], [v for _, v in ev], marker="s", label="held-out eval loss (global)")
     ax.set(xlabel="round", ylabel="loss", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -46,6 +48,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     ax.plot(rounds, down, marker="s", label="download (server→client)")
     ax.plot(rounds, [u + d for u, d in zip(up, down, strict=False)], linestyle="--", label="total")
     ax.set(xlabel="round", ylabel="cumulative MB", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,0 +1,69 @@
+"""`ecolora eval`: the heldout and lm-eval suites, the loss suite on training files, clean output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ecolora.cli import app
+from ecolora.config import load_config
+from ecolora.data.prompts import format_prompt
+from ecolora.eval import load_suite
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_loss_suite_reads_a_training_file(tmp_path: Path) -> None:
+    rows = [{"instruction": "name a colour", "context": "", "response": "blue", "category": "qa"},
+            {"instruction": "name a city", "context": "in france", "response": "paris", "category": "qa"}]
+    path = tmp_path / "dolly.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_suite("loss", path=str(path))
+    want = {"instruction": "name a city", "input": "in france", "output": "paris"}
+    assert loaded[1] == {"prompt": format_prompt(want), "response": "paris"}
+    assert len(loaded) == 2
+
+
+def test_heldout_suite_scores_the_runs_split(tmp_path: Path) -> None:
+    config = load_config(ROOT / "configs" / "smoke.yaml", ["data.limit=40", "data.eval_size=4"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    result = CliRunner().invoke(app, ["eval", "--suite", "heldout", "--path", str(tmp_path),
+                                      "--model", "tiny-llama", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["suite"] == "heldout" and scores["n"] == 4 and scores["loss"] > 0
+
+
+def test_heldout_needs_a_run() -> None:
+    result = CliRunner().invoke(app, ["eval", "--suite", "heldout", "--model", "tiny-llama"])
+    assert result.exit_code == 2 and "pass --adapter RUN/adapter or --path RUN" in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-eval is installed")
+def test_lm_eval_suite_without_lm_eval_is_one_error_line() -> None:
+    result = CliRunner().invoke(app, ["eval", "--suite", "lm-eval:arc_easy", "--model", "tiny-llama"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.stderr
+    assert "pip install" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_eval_output_is_readable_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake(**kwargs: Any) -> dict[str, Any]:
+        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
+        return {"suite": "bigbench-mc", "kind": "multiple_choice", "n": 4, "acc": 0.5, "acc_norm": 0.25,
+                "aggregate": "macro", "subsets": {"social_iqa": {"acc": 0.5, "acc_norm": 0.25, "n": 4}},
+                "model": "tiny-llama", "adapter": None, "eval_s": 1.0}
+
+    monkeypatch.setattr("ecolora.eval.adapter.evaluate_adapter", fake)
+    with warnings.catch_warnings():
+        result = CliRunner().invoke(app, ["eval", "--model", "tiny-llama"])
+    assert result.exit_code == 0, result.output
+    assert "FutureWarning" not in result.output and "{'" not in result.output
+    assert "acc 0.5000" in result.stdout and "social_iqa" in result.stdout
