@@ -5,6 +5,7 @@ Kept apart from the round loop so the Flower ClientApp/ServerApp can build the s
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping
@@ -40,9 +41,13 @@ __all__ = [
     "build_method_strategy",
     "build_setup",
     "build_task",
+    "base_model_id",
     "seed_everything",
     "setup_step",
 ]
+
+# Built-in models that are (de-quantized copies of) hub models: what an adapter names as its base.
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 MODEL_FIX = (
     f"set model.name to a built-in ({', '.join(BUILTIN_MODELS)}), a local folder with config.json, "
@@ -97,13 +102,33 @@ class RunSetup:
     num_eval_examples: int
     partition_stats: dict[str, Any]
     tokenizer: Any = None
+    base_model: str | None = None  # config.model.name
 
     def save_adapter(self, out_dir: Path) -> None:
+        """The global adapter in PEFT format, with the base's hub id or folder and the tokenizer,
+        so ``AutoPeftModelForCausalLM.from_pretrained(out_dir)`` works on any machine."""
         custom = getattr(self.strategy, "save_global_adapter", None)
         if custom is not None:
             custom(self.shared.model, out_dir)
         else:
             save_adapter(self.shared.model, self.strategy.global_lora(), out_dir)
+        if self.base_model is not None:
+            config_path = Path(out_dir) / "adapter_config.json"
+            adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+            adapter_config["base_model_name_or_path"] = base_model_id(self.base_model)
+            config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True), encoding="utf-8")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(out_dir))
+
+
+def base_model_id(name: str) -> str:
+    """What an adapter records as ``base_model_name_or_path``: the hub id of a built-in that has
+    one, the absolute path of a local folder, else the name (a hub id, or ``tiny-llama``, which
+    only ecolora can build)."""
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
 
 
 def build_task(config: RunConfig, tokenizer: Any) -> TaskData:
@@ -214,6 +239,7 @@ def build_setup(config: RunConfig) -> RunSetup:
         num_eval_examples=len(task.eval_examples),
         partition_stats=stats,
         tokenizer=tokenizer,
+        base_model=config.model.name,
     )
 
 
