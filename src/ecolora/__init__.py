@@ -12,15 +12,11 @@ loads neither torch nor any optional package (flwr, gguf, datasets, zstandard).
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("ecolora")
-except PackageNotFoundError:  # a source tree on sys.path, not installed
-    __version__ = "0.0.0+unknown"
-
 if TYPE_CHECKING:
+    __version__: str
+
     from ecolora.codec.container import describe, pack, unpack
     from ecolora.codec.errors import CodecError
     from ecolora.config import ConfigError, RunConfig, apply_overrides, load_config
@@ -87,7 +83,20 @@ __all__ = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~50 ms: only when asked
+
+    try:
+        return version("ecolora")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ecolora' has no attribute {name!r}")
@@ -97,4 +106,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | {"__version__"})

@@ -12,9 +12,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from ecolora.network.link import parse_scenario
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "METHODS",
@@ -40,6 +46,21 @@ __all__ = [
 
 METHODS = ("fedit", "ffa", "flora", "flasc", "hierfedlora", "fedbuff")
 
+# Enum-like settings: the allowed strings (each section's __post_init__ checks the value).
+ModelDtype = Literal["float32", "bfloat16"]
+Partition = Literal["iid", "dirichlet", "task", "kmeans"]
+Objective = Literal["sft", "dpo"]
+WireDtype = Literal["float16", "float32"]
+SparsifyTarget = Literal["update", "params"]
+Sparsification = Literal["adaptive", "fixed", "none"]
+SparseEncoding = Literal["golomb", "coo"]
+TopkScope = Literal["tensor", "global"]
+Divergence = Literal["kl", "tv"]
+Clock = Literal["simulated", "wall"]
+NetworkBackend = Literal["analytic", "ns3"]
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says what was expected."""
@@ -60,7 +81,7 @@ class ModelConfig:
         default="smollm2-135m",
         metadata={"help": "Built-in name (smollm2-135m, tiny-llama), local folder or hub id."},
     )
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16."})
+    dtype: ModelDtype = field(default="float32", metadata={"help": "float32 or bfloat16."})
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "bfloat16"), f"`model.dtype` must be float32 or bfloat16, got {self.dtype!r}.")
@@ -89,7 +110,7 @@ class DataConfig:
     limit: int | None = field(default=None, metadata={"help": "Use at most this many rows (seeded sample)."})
     eval_size: float = field(default=200, metadata={"help": "Held-out rows: a count (>= 1) or a fraction (< 1)."})
     max_seq_len: int = field(default=256, metadata={"help": "Tokens per example after truncation."})
-    partition: str = field(default="dirichlet", metadata={"help": "iid, dirichlet, task or kmeans."})
+    partition: Partition = field(default="dirichlet", metadata={"help": "iid, dirichlet, task or kmeans."})
     alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration; lower: more non-IID."})
     num_clusters: int = field(default=10, metadata={"help": "K-means clusters for partition=kmeans."})
 
@@ -103,7 +124,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = field(default="sft", metadata={"help": "sft (instruction tuning) or dpo."})
+    objective: Objective = field(default="sft", metadata={"help": "sft (instruction tuning) or dpo."})
     lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate of local training."})
     batch_size: int = field(default=4, metadata={"help": "Examples per local step."})
     local_steps: int = field(default=10, metadata={"help": "Optimizer steps per client per round."})
@@ -126,7 +147,7 @@ class FedConfig:
     clients_per_round: int = field(default=5, metadata={"help": "Clients sampled per round N_t."})
     rounds: int = field(default=12, metadata={"help": "Communication rounds R."})
     eval_every: int = field(default=1, metadata={"help": "Evaluate the global adapter every N rounds (0: only at the end)."})
-    wire_dtype: str = field(default="float16", metadata={"help": "Dense value dtype on the wire: float16 or float32."})
+    wire_dtype: WireDtype = field(default="float16", metadata={"help": "Dense value dtype on the wire: float16 or float32."})
     checkpoint_every: int = field(default=1, metadata={"help": "Checkpoint every N rounds and after the last (0: never); `ecolora run --resume DIR` continues from it."})
 
     def __post_init__(self) -> None:
@@ -152,11 +173,11 @@ class EcoLoRAConfig:
     k_min_b: float = field(default=0.5, metadata={"help": "Lowest density for LoRA B."})
     gamma_a: float = field(default=1.0, metadata={"help": "Decay rate of A's density with loss progress."})
     gamma_b: float = field(default=2.0, metadata={"help": "Decay rate of B's density (paper: larger than A's)."})
-    sparsify: str = field(default="update", metadata={"help": "What top-k sees: update (local minus received) or params (paper literal)."})
+    sparsify: SparsifyTarget = field(default="update", metadata={"help": "What top-k sees: update (local minus received) or params (paper literal)."})
     segments: bool = field(default=True, metadata={"help": "Ablation switch: round-robin segment sharing."})
-    sparsification: str = field(default="adaptive", metadata={"help": "adaptive, fixed (same budget) or none."})
+    sparsification: Sparsification = field(default="adaptive", metadata={"help": "adaptive, fixed (same budget) or none."})
     fixed_density: float = field(default=0.6, metadata={"help": "Density for sparsification=fixed."})
-    encoding: str = field(default="golomb", metadata={"help": "golomb (auto lossless format) or coo (int32 indices + fp16)."})
+    encoding: SparseEncoding = field(default="golomb", metadata={"help": "golomb (auto lossless format) or coo (int32 indices + fp16)."})
     download_sparsification: bool = field(default=True, metadata={"help": "Also sparsify server->client messages."})
     error_feedback: bool = field(default=True, metadata={"help": "Keep residuals of what top-k dropped (eqs. 5-6)."})
 
@@ -186,7 +207,7 @@ class FlascConfig:
     download_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent server->client (top-k of the global LoRA)."})
     upload_density: float = field(default=0.25, metadata={"help": "Fraction of LoRA values sent client->server (top-k of the update)."})
     error_feedback: bool = field(default=False, metadata={"help": "Clients keep residuals of what upload top-k dropped."})
-    scope: str = field(default="tensor", metadata={"help": "tensor (each LoRA matrix keeps its share) or global (one threshold over all)."})
+    scope: TopkScope = field(default="tensor", metadata={"help": "tensor (each LoRA matrix keeps its share) or global (one threshold over all)."})
 
     def __post_init__(self) -> None:
         for name in ("download_density", "upload_density"):
@@ -200,7 +221,7 @@ class HierConfig:
     """HierFedLoRA (Liu et al. 2025): near-IID client groups, per-group frequency and depth."""
 
     num_groups: int = field(default=2, metadata={"help": "Client groups formed to be near-IID (<= fed.num_clients)."})
-    divergence: str = field(default="kl", metadata={"help": "Group-vs-global category divergence the grouping minimises: kl or tv."})
+    divergence: Divergence = field(default="kl", metadata={"help": "Group-vs-global category divergence the grouping minimises: kl or tv."})
     intra_rounds: int | None = field(default=None, metadata={"help": "tau_g for all groups (null: set by the controller)."})
     depth: int | None = field(default=None, metadata={"help": "Top layers d_g trained by every group (null: set by the controller)."})
     max_intra_rounds: int = field(default=3, metadata={"help": "Upper bound on tau_g for the controller; higher: more intra-group traffic."})
@@ -216,8 +237,6 @@ class HierConfig:
             _check(value is None or value >= 1, f"`hier.{name}` must be >= 1 or null, got {value}.")
         _check(self.budget is None or self.budget >= 1, f"`hier.budget` must be >= 1 (layer-rounds) or null, got {self.budget}.")
         if self.intra_link is not None:
-            from ecolora.network.link import parse_scenario
-
             try:
                 parse_scenario(self.intra_link)
             except (TypeError, ValueError) as exc:
@@ -236,7 +255,7 @@ class FedBuffConfig:
     link_sigma: float = field(default=0.5, metadata={"help": "Log-normal spread of client link rates (0: all alike)."})
     step_time_s: float | None = field(default=None, metadata={"help": "Seconds per local step of the median device (null: measured compute; set it for a reproducible event order)."})
     server_lr: float = field(default=1.0, metadata={"help": "Server step on the buffered mean update."})
-    clock: str = field(default="simulated", metadata={"help": "simulated: arrivals in simulated time from the link and compute model (reproducible); wall: in the order replies really come in (Flower deployments)."})
+    clock: Clock = field(default="simulated", metadata={"help": "simulated: arrivals in simulated time from the link and compute model (reproducible); wall: in the order replies really come in (Flower deployments)."})
 
     def __post_init__(self) -> None:
         _check(self.clock in ("simulated", "wall"), f"`fedbuff.clock` must be simulated or wall, got {self.clock!r}.")
@@ -248,8 +267,6 @@ class FedBuffConfig:
         _check(self.server_lr > 0, f"`fedbuff.server_lr` must be > 0, got {self.server_lr}.")
         _check(self.step_time_s is None or self.step_time_s > 0, f"`fedbuff.step_time_s` must be > 0 or null, got {self.step_time_s}.")
         if self.link is not None:
-            from ecolora.network.link import parse_scenario
-
             try:
                 parse_scenario(self.link)
             except (TypeError, ValueError) as exc:
@@ -276,7 +293,7 @@ class FaultConfig:
 @dataclass
 class NetworkConfig:
     scenarios: list[str] = field(default_factory=lambda: ["0.2/1", "1/5", "2/10", "5/25"], metadata={"help": "Link scenarios (uplink/downlink Mbps) to time each round under."})
-    backend: str = field(default="analytic", metadata={"help": "analytic (TCP model) or ns3."})
+    backend: NetworkBackend = field(default="analytic", metadata={"help": "analytic (TCP model) or ns3."})
     compute_scale: float = field(default=1.0, metadata={"help": "Multiply measured compute time (device speed factor)."})
 
     def __post_init__(self) -> None:
@@ -340,10 +357,11 @@ def _check_method_sections(config: RunConfig, base: str, wrapper: str) -> None:
         _check(not wrapper or config.ecolora.sparsify == "update", f"`fedbuff+ecolora` needs ecolora.sparsify=update (asynchronous updates are deltas), got {config.ecolora.sparsify!r}.")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type[_Section], data: Mapping[str, Any], prefix: str) -> _Section:
     if not isinstance(data, Mapping):
         raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, got {type(data).__name__}.")
     known = {f.name: f for f in fields(cls)}
+    hints = get_type_hints(cls)
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(
@@ -352,11 +370,12 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
+        factory = known[name].default_factory
+        default = factory() if callable(factory) else None
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):  # a section
             kwargs[name] = _build(type(default), value or {}, prefix=f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(prefix + name, value, known[name].type)
+            kwargs[name] = _coerce(prefix + name, value, hints[name])
     try:
         return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - defensive
@@ -364,25 +383,34 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Light type checking of scalars so that ``lr: "abc"`` fails here with the key's name."""
-    text = str(annotation)
-    if value is None:
-        _check("None" in text, f"`{key}` must not be null.")
-        return None
-    if text.startswith(("int", "float")) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    """Light type checking of scalars so that ``lr: "abc"`` fails here with the key's name.
+
+    ``annotation`` is the field's resolved type (``int``, ``float | None``, ``list[str]``,
+    ``Literal[...]``); Literal values are checked by the section's ``__post_init__``.
+    """
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, UnionType):  # X | None
+        if value is None:
+            _check(NoneType in args, f"`{key}` must not be null.")
+            return None
+        annotation = next(a for a in args if a is not NoneType)
+    elif value is None:
+        raise ConfigError(f"`{key}` must not be null.")
+    kind = get_origin(annotation) or annotation
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"`{key}` must be a number, got {value!r}.")
-    if text.startswith("int") and isinstance(value, float):
+    if kind is int and isinstance(value, float):
         _check(value.is_integer(), f"`{key}` must be an integer, got {value!r}.")
         return int(value)
-    if text.startswith("float") and isinstance(value, int):
+    if kind is float and isinstance(value, int):
         return float(value)
-    if text == "bool":
+    if kind is bool:
         _check(isinstance(value, bool), f"`{key}` must be true or false, got {value!r}.")
-    if text.startswith("list"):
+    if kind is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         _check(isinstance(value, list), f"`{key}` must be a list, got {value!r}.")
-    if text == "str":
+    if kind is str:
         _check(isinstance(value, str), f"`{key}` must be a string, got {value!r}.")
     return value
 

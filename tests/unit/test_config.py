@@ -56,6 +56,10 @@ def test_segment_check_ignored_without_ecolora_or_segments():
         ("fed.wire_dtype=int8", r"`fed.wire_dtype` must be float16 or float32"),
         ("ecolora.segments=yes please", r"`ecolora.segments` must be true or false"),
         ("fedbuff.clock=gps", r"`fedbuff.clock` must be simulated or wall, got 'gps'."),
+        ("fedbuff.link=5", r"`fedbuff.link` must be a string, got 5."),  # str | None is checked too
+        ("model.name=null", r"`model.name` must not be null."),
+        ("flora.ranks=4", r"`flora.ranks` must be a list, got 4."),
+        ("faults.clip_norm=big", r"`faults.clip_norm` must be a number, got 'big'."),
     ],
 )
 def test_bad_values_have_pinned_messages(override, message):
