@@ -113,7 +113,7 @@ def _records(out: Path) -> list[dict[str, Any]]:
 
 
 def _flower_result(
-    engine: str, out: Path, wall: float, proc: subprocess.CompletedProcess
+    engine: str, out: Path, wall: float, proc: subprocess.CompletedProcess[str]
 ) -> dict[str, Any]:
     records = _records(out)
     if not (out / "summary.json").is_file():

@@ -96,7 +96,7 @@ class FlowerProcess:
     """A started Flower process, its log file and the command that started it."""
 
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     log_path: Path
     command: list[str]
 
@@ -272,7 +272,7 @@ def flwr_run(
     run_config: Mapping[str, object],
     federation_config: Mapping[str, object] | None = None,
     timeout_s: float = 600,
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     """``flwr run <app_dir> <connection> --stream``: returns when the run ends (or times out).
 
     Flower's CLI exits 0 even when the run failed: check the run directory, not the exit code.
@@ -304,7 +304,7 @@ def simulate(
     run_config: Mapping[str, object],
     num_supernodes: int,
     timeout_s: float = 600,
-) -> tuple[subprocess.CompletedProcess, str, float]:
+) -> tuple[subprocess.CompletedProcess[str], str, float]:
     """``flwr run`` on a private simulation-mode SuperLink (Ray, ``num_supernodes`` virtual nodes).
 
     FLWR_HOME and the process logs live under ``work_dir``; the SuperLink is stopped on return.

@@ -37,6 +37,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from ecolora.client.lora import base_weight_snapshot, restore_base_weights, use_adapter
 from ecolora.rundir import RunDirError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,6 +131,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not an {CHECKPOINT_FORMAT} file (metadata {metadata}).")
     tree = json.loads(tensors.pop(_TREE).numpy().tobytes().decode())
     state = decode_tree(tree, tensors)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: the checkpoint state must be a mapping, got {type(state).__name__}.")
     if str(state.get("round")) != metadata.get("round"):
         raise ValueError(f"{path}: metadata round {metadata.get('round')} but state round {state.get('round')}.")
     return state
@@ -311,8 +314,6 @@ def capture_run(
     FLoRA merges stacks into the base weights all simulated clients share; those weights are
     saved too (only once something was merged).
     """
-    from ecolora.client.lora import base_weight_snapshot
-
     shared = setup.shared
     shared_state: dict[str, Any] = {"active_adapter": shared.active_adapter, "merged_tags": set(shared.merged_tags)}
     if shared.merged_tags:
@@ -331,8 +332,6 @@ def capture_run(
 
 def restore_run(state: Mapping[str, Any], setup: RunSetup, sampler: np.random.Generator, ledger: ByteLedger) -> None:
     """Load a :func:`capture_run` state into a freshly built ``setup``; RNGs are restored last."""
-    from ecolora.client.lora import restore_base_weights, use_adapter
-
     setup.strategy.load_state_dict(state["strategy"])
     for client in setup.clients:
         client.state = dict(state["clients"].get(client.client_id, {}))
