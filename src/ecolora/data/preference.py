@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ecolora.data.bigbench import load_task_json
+
 logger = logging.getLogger("ecolora")
 
 __all__ = [
@@ -101,7 +103,7 @@ def _targets(example: Mapping[str, Any]) -> list[str]:
     return [t.strip() for t in targets if isinstance(t, str) and t.strip()]
 
 
-def _ni_pairs(category: str, answer: Mapping[str, Any], wrong: Mapping[str, Any]) -> list[dict]:
+def _ni_pairs(category: str, answer: Mapping[str, Any], wrong: Mapping[str, Any]) -> list[dict[str, Any]]:
     wrong_by_key: dict[str, list[str]] = {}
     for example in wrong.get("examples", []):
         wrong_by_key.setdefault(_instance_key(example["input"]), _targets(example))
@@ -123,8 +125,8 @@ def _ni_pairs(category: str, answer: Mapping[str, Any], wrong: Mapping[str, Any]
     return rows
 
 
-def _hhh_pairs(subtask: str, task: Mapping[str, Any]) -> list[dict]:
-    rows = []
+def _hhh_pairs(subtask: str, task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for example in task.get("examples", []):
         scores: dict[str, float] = example["target_scores"]
         best = max(scores.values())
@@ -138,10 +140,10 @@ def _hhh_pairs(subtask: str, task: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
-def build_bigbench_pairs(tasks: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+def build_bigbench_pairs(tasks: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Build ``bigbench-pref`` rows from parsed task.json files keyed by task name
     (``bigbench_pref_task_names()``); tasks absent from ``tasks`` are skipped."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for category, answer, wrong in BIGBENCH_PREF_SOURCES:
         if f"{_NI}{answer}" in tasks and f"{_NI}{wrong}" in tasks:
             rows += _ni_pairs(category, tasks[f"{_NI}{answer}"], tasks[f"{_NI}{wrong}"])
@@ -156,7 +158,7 @@ def build_bigbench_pairs(tasks: Mapping[str, Mapping[str, Any]]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``, ``.json`` (a list of objects, a ``{"data": [...]}`` object, or
     JSON lines as written by ``datasets``' ``to_json``) or ``.parquet`` file."""
     path = Path(path)
@@ -167,7 +169,8 @@ def read_rows(path: str | Path) -> list[dict]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        table_rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return table_rows
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
@@ -210,7 +213,7 @@ def _prompt_from_messages(value: Any) -> str | None:
     return None
 
 
-def normalize_preference_row(row: Mapping[str, Any], index: int, default_category: str) -> dict:
+def normalize_preference_row(row: Mapping[str, Any], index: int, default_category: str) -> dict[str, Any]:
     """One UltraFeedback-binarized row -> ``{"prompt", "chosen", "rejected", "category"}``."""
     missing = [k for k in ("chosen", "rejected") if k not in row]
     if missing:
@@ -232,7 +235,7 @@ def normalize_preference_row(row: Mapping[str, Any], index: int, default_categor
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "category": str(category)}
 
 
-def _load_hub(source: str, split: str) -> list[dict]:
+def _load_hub(source: str, split: str) -> list[dict[str, Any]]:
     try:
         import datasets
 
@@ -245,7 +248,7 @@ def _load_hub(source: str, split: str) -> list[dict]:
         ) from err
 
 
-def _shuffle_limit(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
+def _shuffle_limit(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
     if limit is not None and limit < 1:
         raise ValueError(f"`limit` must be >= 1 or None, got {limit}.")
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -256,7 +259,7 @@ def _shuffle_limit(rows: list[dict], limit: int | None, seed: int) -> list[dict]
 
 def load_preference_rows(
     source: str, *, limit: int | None = None, seed: int = 0, split: str = "train_prefs"
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Preference rows ``{"prompt", "chosen", "rejected", "category"}``, shuffled with ``seed``.
 
     Args:
@@ -268,8 +271,6 @@ def load_preference_rows(
             ``test_prefs``); ignored for the other sources.
     """
     if source == BIGBENCH_PREF:
-        from ecolora.data.bigbench import load_task_json
-
         rows = build_bigbench_pairs(load_task_json(bigbench_pref_task_names()))
         logger.info("bigbench-pref: %d pairs", len(rows))
         return _shuffle_limit(rows, limit, seed)

@@ -50,6 +50,8 @@ class Tokenizer(Protocol):
 
     def __call__(self, text: str, *, add_special_tokens: bool = ...) -> Mapping[str, Any]: ...
 
+    def __hash__(self) -> int: ...  # token ids of fixed strings are cached per tokenizer
+
 
 def format_prompt(row: Mapping[str, Any]) -> str:
     """The Alpaca prompt for ``row`` up to and including ``"### Response:\\n"``.

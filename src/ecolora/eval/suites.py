@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,9 +36,15 @@ from typing import Any
 
 import torch
 
+from ecolora.client.dpo import IGNORE_INDEX, encode_pair
+from ecolora.data.bigbench import load_task_json
+from ecolora.data.preference import load_preference_rows, read_rows
 from ecolora.data.prompts import format_prompt
 from ecolora.data.sources import normalize_rows
 from ecolora.eval import schemas
+from ecolora.eval.loss import held_out_loss, perplexity
+from ecolora.eval.multiple_choice import score_multiple_choice
+from ecolora.eval.preference import preference_accuracy
 
 logger = logging.getLogger("ecolora")
 
@@ -70,7 +76,7 @@ BIGBENCH_MC_TASKS: tuple[str, ...] = (
 _KINDS = ("multiple_choice", "preference", "loss")
 _AGGREGATES = ("macro", "micro")
 _SUFFIXES = (".json", ".jsonl", ".parquet")
-Loader = Callable[[int | None, str | None], list[dict]]
+Loader = Callable[[int | None, str | None], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -139,13 +145,11 @@ def _data_files(path: str) -> list[tuple[Path, str]]:
     return named
 
 
-def _read(file: Path) -> list[dict]:
-    from ecolora.data.preference import read_rows
-
+def _read(file: Path) -> list[dict[str, Any]]:
     return read_rows(file)
 
 
-def _take(items: list[dict], limit: int | None) -> list[dict]:
+def _take(items: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
     """The first ``limit`` items of each subset, subset order kept."""
     if limit is None:
         return items
@@ -159,7 +163,7 @@ def _take(items: list[dict], limit: int | None) -> list[dict]:
     return kept
 
 
-def _from_hub(repo: str, config: str, split: str = "test") -> list[dict]:
+def _from_hub(repo: str, config: str, split: str = "test") -> list[dict[str, Any]]:
     try:
         import datasets
 
@@ -172,9 +176,9 @@ def _from_hub(repo: str, config: str, split: str = "test") -> list[dict]:
 
 
 def _file_loader(
-    convert: Callable[[list[dict], str], list[dict]], hub: list[tuple[str, str]]
+    convert: Callable[[list[dict[str, Any]], str], list[dict[str, Any]]], hub: list[tuple[str, str]]
 ) -> Loader:
-    def load(limit: int | None, path: str | None) -> list[dict]:
+    def load(limit: int | None, path: str | None) -> list[dict[str, Any]]:
         if path is not None:
             sources = [(_read(file), subset) for file, subset in _data_files(path)]
         elif hub:
@@ -186,15 +190,13 @@ def _file_loader(
     return load
 
 
-def _load_bigbench_mc(limit: int | None, path: str | None) -> list[dict]:
+def _load_bigbench_mc(limit: int | None, path: str | None) -> list[dict[str, Any]]:
     if path is not None:
         tasks = {}
         for file, subset in _data_files(path):
             data = json.loads(file.read_text(encoding="utf-8")) if file.suffix == ".json" else None
             tasks[subset] = data if isinstance(data, dict) else {"examples": _read(file)}
     else:
-        from ecolora.data.bigbench import load_task_json
-
         tasks = load_task_json(BIGBENCH_MC_TASKS)
     items = []
     for name, task in tasks.items():
@@ -206,16 +208,14 @@ def _load_bigbench_mc(limit: int | None, path: str | None) -> list[dict]:
     return _take(items, limit)
 
 
-def _load_pairs(limit: int | None, path: str | None, default: str | None) -> list[dict]:
-    from ecolora.data.preference import load_preference_rows
-
+def _load_pairs(limit: int | None, path: str | None, default: str | None) -> list[dict[str, Any]]:
     source = path or default
     if source is None:
         raise ValueError("This suite reads a local file: pass path=... (--path).")
     return load_preference_rows(source, limit=limit, seed=0)
 
 
-def _load_text(limit: int | None, path: str | None) -> list[dict]:
+def _load_text(limit: int | None, path: str | None) -> list[dict[str, Any]]:
     """``text`` or ``prompt``/``response`` rows; a file in a training format (Dolly, Alpaca) is
     read as the training data is and scored on its responses under the training prompt."""
     if path is None:
@@ -236,7 +236,7 @@ def _load_text(limit: int | None, path: str | None) -> list[dict]:
     return rows[:limit] if limit is not None else rows
 
 
-def _is_loss_row(row: dict) -> bool:
+def _is_loss_row(row: dict[str, Any]) -> bool:
     return "text" in row or ("prompt" in row and "response" in row)
 
 
@@ -245,7 +245,7 @@ def _is_loss_row(row: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_suite(name: str, *, limit: int | None = None, path: str | None = None) -> list[dict]:
+def load_suite(name: str, *, limit: int | None = None, path: str | None = None) -> list[dict[str, Any]]:
     """Rows of suite ``name``: items for multiple choice, pairs for preference, text rows for loss.
 
     Args:
@@ -274,15 +274,13 @@ def _aggregate(per_subset: dict[str, dict[str, float]], how: str) -> dict[str, f
 
 def _run_multiple_choice(
     suite: Suite,
-    items: list[dict],
+    items: list[dict[str, Any]],
     model: Any,
     tokenizer: Any,
     batch_size: int,
     max_seq_len: int | None,
 ) -> dict[str, Any]:
-    from ecolora.eval.multiple_choice import score_multiple_choice
-
-    by_subset: dict[str, list[dict]] = {}
+    by_subset: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         by_subset.setdefault(item.get("subset", suite.name), []).append(item)
     per_subset = {
@@ -299,11 +297,8 @@ def _run_multiple_choice(
 
 
 def _run_loss(
-    rows: list[dict], model: Any, tokenizer: Any, batch_size: int, max_seq_len: int
+    rows: list[dict[str, Any]], model: Any, tokenizer: Any, batch_size: int, max_seq_len: int
 ) -> dict[str, Any]:
-    from ecolora.client.dpo import IGNORE_INDEX, encode_pair
-    from ecolora.eval.loss import held_out_loss, perplexity
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = []
     for row in rows:
@@ -313,7 +308,7 @@ def _run_loss(
         else:
             encoded.append(encode_pair(tokenizer, row["prompt"], row["response"], max_seq_len))
 
-    def batches():
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             length = max(len(ids) for ids, _ in chunk)
@@ -354,8 +349,6 @@ def run_suite(
     if suite.kind == "multiple_choice":
         result = _run_multiple_choice(suite, rows, model, tokenizer, batch_size, max_seq_len)
     elif suite.kind == "preference":
-        from ecolora.eval.preference import preference_accuracy
-
         result = preference_accuracy(
             model, tokenizer, rows, beta=beta, batch_size=batch_size, max_seq_len=max_seq_len or 512
         )
