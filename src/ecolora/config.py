@@ -49,6 +49,8 @@ METHODS = ("fedit", "ffa", "flora", "flasc", "hierfedlora", "fedbuff")
 # Enum-like settings: the allowed strings (each section's __post_init__ checks the value).
 ModelDtype = Literal["float32", "bfloat16"]
 Partition = Literal["iid", "dirichlet", "task", "kmeans"]
+DataFormat = Literal["auto", "dolly", "alpaca", "messages", "text"]
+PromptTemplate = Literal["auto", "chat", "alpaca", "plain"]
 Objective = Literal["sft", "dpo"]
 WireDtype = Literal["float16", "float32"]
 SparsifyTarget = Literal["update", "params"]
@@ -113,8 +115,13 @@ class DataConfig:
     partition: Partition = field(default="dirichlet", metadata={"help": "iid, dirichlet, task or kmeans."})
     alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration; lower: more non-IID."})
     num_clusters: int = field(default=10, metadata={"help": "K-means clusters for partition=kmeans."})
+    format: DataFormat = field(default="auto", metadata={"help": "Row format: auto (from the first row's fields), dolly, alpaca, messages (chat turns) or text."})
+    columns: dict[str, str] = field(default_factory=dict, metadata={"help": "The file's column for each of ours, e.g. {instruction: question, output: answer}."})
+    template: PromptTemplate = field(default="auto", metadata={"help": "Prompt: auto (the tokenizer's chat template if it has one; bigbench-ni keeps alpaca), chat, alpaca or plain."})
 
     def __post_init__(self) -> None:
+        _check(self.format in ("auto", "dolly", "alpaca", "messages", "text"), f"`data.format` must be one of auto, dolly, alpaca, messages, text, got {self.format!r}.")
+        _check(self.template in ("auto", "chat", "alpaca", "plain"), f"`data.template` must be one of auto, chat, alpaca, plain, got {self.template!r}.")
         _check(self.partition in ("iid", "dirichlet", "task", "kmeans"), f"`data.partition` must be one of iid, dirichlet, task, kmeans, got {self.partition!r}.")
         _check(self.alpha > 0, f"`data.alpha` must be > 0, got {self.alpha}.")
         _check(self.max_seq_len >= 16, f"`data.max_seq_len` must be >= 16, got {self.max_seq_len}.")
@@ -406,6 +413,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if kind is bool:
         _check(isinstance(value, bool), f"`{key}` must be true or false, got {value!r}.")
+    if kind is dict:
+        _check(isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values()), f"`{key}` must be a mapping of names to names, got {value!r}.")
+        return dict(value)
     if kind is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

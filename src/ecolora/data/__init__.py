@@ -21,6 +21,7 @@ from ecolora.data.partition import (
     TaskPartitioner,
     make_partitioner,
     partition_stats,
+    resolve_partition,
 )
 from ecolora.data.prompts import (
     IGNORE_INDEX,
@@ -59,5 +60,6 @@ __all__ = [
     "ni_category",
     "normalize_rows",
     "partition_stats",
+    "resolve_partition",
     "split_train_eval",
 ]

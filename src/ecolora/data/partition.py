@@ -31,6 +31,7 @@ __all__ = [
     "TaskPartitioner",
     "make_partitioner",
     "partition_stats",
+    "resolve_partition",
 ]
 
 PARTITIONERS = ("iid", "dirichlet", "task", "kmeans")
@@ -256,6 +257,24 @@ class TaskPartitioner(_LabelPartitioner):
             share = np.arange(len(members)) * clients_per_label[code] // len(members)
             owner[members] = first_client[code] + share
         return owner
+
+
+def resolve_partition(name: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """``dirichlet`` falls back, with a warning, when rows have no ``category`` (Alpaca-style data):
+    to ``kmeans`` (TF-IDF clusters as categories, EcoLoRA Appendix A), or to ``iid`` when the rows
+    have no instruction text to cluster either (``text`` rows). Other names are returned as given."""
+    missing = sum(row.get("category") is None for row in rows)
+    if name != "dirichlet" or not missing:
+        return name
+    clusterable = any(row.get("instruction") or row.get("input") for row in rows)
+    fallback = "kmeans" if clusterable else "iid"
+    logger.warning(
+        "data.partition=dirichlet needs a `category` on every row; %d of %d rows have none: using "
+        "%s instead (%s). Set data.partition to kmeans or iid to choose yourself.",
+        missing, len(rows), fallback,
+        "TF-IDF clusters as categories, EcoLoRA Appendix A" if clusterable else "no instruction text to cluster",
+    )
+    return fallback
 
 
 def make_partitioner(

@@ -4,12 +4,15 @@ Every source is normalized to one row shape, a plain dict::
 
     {"instruction": str, "input": str, "output": str, "category": str | None, "task": str | None}
 
-Two input schemas are recognized, per file, from the fields of the first row:
+Four formats are recognized (``data.format: auto`` takes it per file from the first row's
+fields; ``data.columns`` renames columns first), see :mod:`ecolora.data.formats`:
 
 * Dolly (``databricks/databricks-dolly-15k``): ``instruction``, ``context``, ``response``,
   ``category``; ``context`` becomes ``input``, ``response`` becomes ``output``.
 * Alpaca (``vicgalle/alpaca-gpt4``): ``instruction``, ``input``, ``output``; optional
   ``category`` and ``task`` are kept (the cached ``bigbench-ni`` file uses this form).
+* messages (chat): ``messages: [{role, content}, ...]``, the last turn is the reply.
+* text: ``text``, every token is a target.
 
 A row that lacks a required field is an error naming the field, the row and the file.
 """
@@ -27,6 +30,7 @@ import numpy as np
 
 from ecolora.cache import get_cache_dir
 from ecolora.data.bigbench import load_task_json, natural_instructions_subtasks
+from ecolora.data.formats import as_text, normalize_records
 
 logger = logging.getLogger("ecolora")
 
@@ -67,7 +71,13 @@ NI_CATEGORIES = tuple(dict.fromkeys(_NI_PREFIXES.values()))
 
 
 def load_instruction_rows(
-    source: str, *, split: str = "train", limit: int | None = None, seed: int = 0
+    source: str,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    seed: int = 0,
+    data_format: str = "auto",
+    columns: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Load and normalize instruction rows.
 
@@ -81,6 +91,7 @@ def load_instruction_rows(
             ``"train"``.
         limit: keep a seeded uniform sample of this many rows (in source order).
         seed: seed of that sample.
+        data_format, columns: the rows' format and column mapping (:mod:`ecolora.data.formats`).
 
     Returns:
         Rows ``{"instruction", "input", "output", "category", "task"}``.
@@ -88,18 +99,19 @@ def load_instruction_rows(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"`limit` must be a positive integer or None, got {limit!r}.")
     path = Path(source).expanduser()
+    shape: dict[str, Any] = {"data_format": data_format, "columns": columns}
     if source in BUILTIN_SOURCES:
         _require_train(split, source)
         rows = _read_file(_bigbench_ni_file(), limit=limit, seed=seed)
     elif path.is_file():
         _require_train(split, str(path))
-        rows = _read_file(path, limit=limit, seed=seed)
+        rows = _read_file(path, limit=limit, seed=seed, **shape)
     elif path.exists():
-        rows = _read_local(path, split)
+        rows = _read_local(path, split, **shape)
     elif source.endswith(_FILE_SUFFIXES) or source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"Data file or folder `{source}` does not exist.")
     else:
-        rows = _read_hub(source, split)
+        rows = _read_hub(source, split, **shape)
     if not rows:
         raise ValueError(f"`{source}` is empty: it holds no rows (expected one object per row)")
     if limit is not None and limit < len(rows):
@@ -108,47 +120,21 @@ def load_instruction_rows(
     return rows
 
 
-def normalize_rows(records: Iterable[Mapping[str, Any]], origin: str) -> list[dict[str, Any]]:
-    """Normalize Dolly- or Alpaca-schema records (schema taken from the first record).
+def normalize_rows(
+    records: Iterable[Mapping[str, Any]],
+    origin: str,
+    data_format: str = "auto",
+    columns: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Normalize records of one file or dataset (:mod:`ecolora.data.formats`).
 
     Args:
         records: mappings as read from one file or dataset.
         origin: the file or dataset name, used in error messages.
+        data_format: ``auto`` (from the first record's fields), dolly, alpaca, messages or text.
+        columns: the file's column name for each of ours, e.g. ``{"output": "answer"}``.
     """
-    rows: list[dict[str, Any]] = []
-    schema: str | None = None
-    for i, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise ValueError(
-                f"Row {i} of {origin} is a {type(record).__name__}, expected an object."
-            )
-        if schema is None:
-            schema = _detect_schema(record, origin)
-        fields = DOLLY_FIELDS if schema == "Dolly" else ALPACA_FIELDS
-        for name in fields:
-            if name not in record:
-                raise ValueError(
-                    f"Missing field `{name}` in row {i} of {origin} ({schema} schema needs "
-                    f"{', '.join(fields)})."
-                )
-        if schema == "Dolly":
-            row = {
-                "instruction": _text(record["instruction"]),
-                "input": _text(record["context"]),
-                "output": _text(record["response"]),
-                "category": _label(record["category"]),
-                "task": _label(record.get("task")),
-            }
-        else:
-            row = {
-                "instruction": _text(record["instruction"]),
-                "input": _text(record["input"]),
-                "output": _text(record["output"]),
-                "category": _label(record.get("category")),
-                "task": _label(record.get("task")),
-            }
-        rows.append(row)
-    return rows
+    return normalize_records(records, origin, data_format, columns)
 
 
 def ni_category(subtask: str) -> str:
@@ -233,25 +219,6 @@ def _num_eval(eval_size: int | float, num_rows: int) -> int:
 # ---------------------------------------------------------------- readers
 
 
-def _detect_schema(record: Mapping[str, Any], origin: str) -> str:
-    if "response" in record or "context" in record:
-        return "Dolly"
-    if "output" in record or "input" in record:
-        return "Alpaca"
-    raise ValueError(
-        f"Row 0 of {origin} matches neither schema (fields: {', '.join(sorted(record))}); "
-        f"expected Dolly ({', '.join(DOLLY_FIELDS)}) or Alpaca ({', '.join(ALPACA_FIELDS)})."
-    )
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _label(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
-
-
 def _require_train(split: str, origin: str) -> None:
     if split != "train":
         raise ValueError(
@@ -264,7 +231,7 @@ def _sample_indices(num_rows: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_rows, size=limit, replace=False))
 
 
-def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
+def _read_local(path: Path, split: str, **shape: Any) -> list[dict[str, Any]]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_FILE_SUFFIXES))
     if not files:
         raise ValueError(f"Folder {path} holds no {', '.join(_FILE_SUFFIXES)} files.")
@@ -274,10 +241,13 @@ def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
     if not chosen:
         names = ", ".join(str(p.relative_to(path)) for p in files)
         raise ValueError(f"No file for split {split!r} in {path} (files: {names}).")
-    return [row for p in chosen for row in _read_file(p)]
+    return [row for p in chosen for row in _read_file(p, **shape)]
 
 
-def _read_file(path: Path, *, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def _read_file(
+    path: Path, *, limit: int | None = None, seed: int = 0, data_format: str = "auto",
+    columns: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Read one file; JSON Lines with a ``limit`` parse only the sampled lines (same sample)."""
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -295,7 +265,7 @@ def _read_file(path: Path, *, limit: int | None = None, seed: int = 0) -> list[d
             raise ValueError(f"{path} must hold a JSON list of objects or JSON Lines.")
     else:
         raise ValueError(f"Unsupported data file {path}; expected {', '.join(_FILE_SUFFIXES)}.")
-    return normalize_rows(records, str(path))
+    return normalize_rows(records, str(path), data_format, columns)
 
 
 def _read_jsonl(path: Path, *, limit: int | None = None, seed: int = 0) -> list[Any]:
@@ -312,7 +282,7 @@ def _read_jsonl(path: Path, *, limit: int | None = None, seed: int = 0) -> list[
     return records
 
 
-def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
+def _read_hub(name: str, split: str, **shape: Any) -> list[dict[str, Any]]:
     import datasets
 
     try:
@@ -323,7 +293,7 @@ def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
             f"not a local file or folder nor a built-in source ({', '.join(BUILTIN_SOURCES)}); "
             "pass a local .json/.jsonl/.parquet path when offline."
         ) from exc
-    return normalize_rows(dataset, f"dataset {name} (split {split})")
+    return normalize_rows(dataset, f"dataset {name} (split {split})", **shape)
 
 
 # ---------------------------------------------------------------- bigbench-ni
@@ -357,8 +327,8 @@ def _ni_rows(name: str, task: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
         output = target[0] if isinstance(target, list) and target else target
         yield {
             "instruction": instruction,
-            "input": _text(example.get("input")),
-            "output": _text(output),
+            "input": as_text(example.get("input")),
+            "output": as_text(output),
             "category": category,
             "task": name,
         }

@@ -136,11 +136,14 @@ def build_task(config: RunConfig, tokenizer: Any) -> TaskData:
     data = config.data
     eval_size: float = int(data.eval_size) if data.eval_size >= 1 else float(data.eval_size)
     if config.train.objective == "sft":
-        from ecolora.data import collate_sft, encode_sft, load_instruction_rows, split_train_eval
+        from ecolora.data import collate_sft, load_instruction_rows, split_train_eval
+        from ecolora.data.templates import encode_example, resolve_template
 
-        rows = load_instruction_rows(data.source, limit=data.limit, seed=config.seed)
+        rows = load_instruction_rows(data.source, limit=data.limit, seed=config.seed,
+                                     data_format=data.format, columns=data.columns)
         train_rows, eval_rows = split_train_eval(rows, eval_size, seed=config.seed)
-        encode = lambda row: encode_sft(tokenizer, row, data.max_seq_len)  # noqa: E731
+        template = resolve_template(data.template, tokenizer, data.source)
+        encode = lambda row: encode_example(tokenizer, row, data.max_seq_len, template)  # noqa: E731
         pad_id = int(tokenizer.pad_token_id)
         collate = lambda batch: collate_sft(batch, pad_id)  # noqa: E731
         loss_fn = sft_loss
@@ -185,12 +188,12 @@ def build_setup(config: RunConfig) -> RunSetup:
 
     with setup_step(f"cannot read data {config.data.source!r}", DATA_FIX):
         task = build_task(config, tokenizer)
-    from ecolora.data import make_partitioner, partition_stats
+    from ecolora.data import make_partitioner, partition_stats, resolve_partition
 
     with setup_step(f"cannot split the data into {config.fed.num_clients} clients",
                     "lower fed.num_clients or raise data.limit, or choose another data.partition"):
         partitioner = make_partitioner(
-            config.data.partition,
+            resolve_partition(config.data.partition, task.train_rows),
             task.train_rows,
             config.fed.num_clients,
             seed=config.seed,

@@ -78,8 +78,8 @@ def test_alpaca_missing_output_is_an_error() -> None:
 
 
 def test_unknown_schema_lists_both() -> None:
-    with pytest.raises(ValueError, match=r"matches neither schema \(fields: prompt, text\)"):
-        normalize_rows([{"prompt": "x", "text": "y"}], "mem")
+    with pytest.raises(ValueError, match=r"matches neither schema \(fields: answer, question\).*data.columns"):
+        normalize_rows([{"question": "x", "answer": "y"}], "mem")
 
 
 def test_invalid_json_line_is_reported(tmp_path: Path) -> None:
