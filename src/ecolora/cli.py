@@ -270,6 +270,30 @@ def bench_codec(
     typer.echo(json.dumps(rows, indent=2) if as_json else f"{format_table(rows)}\n\n{format_legend(rows)}")
 
 
+@bench_app.command("train")
+def bench_train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (default: SmolLM2-135M, fedit+ecolora, 3 clients, batch 4 x 96 tokens, the in-tree data file).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key: --set model.name=llama2-7b-shape (repeatable).")] = None,
+    rounds: Annotated[int, typer.Option(help="Timed rounds (after the warm-up).")] = 1,
+    warmup_rounds: Annotated[int, typer.Option(help="Untimed rounds first (allocator, kernels, caches).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON report here.")] = None,
+) -> None:
+    """Local-training speed (tokens/s), peak memory and one round split into phases."""
+    from ecolora.bench.train import format_report, run_train_bench
+    from ecolora.config import ConfigError, load_config
+
+    _setup_logging(False)
+    try:
+        cfg = load_config(config or PRESETS / "bench_train.yaml", overrides or [])
+        report = run_train_bench(cfg, rounds=rounds, warmup_rounds=warmup_rounds)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
 @app.command("eval")
 def evaluate(
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder (a run's adapter/); omit for the base model.")] = None,

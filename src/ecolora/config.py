@@ -9,6 +9,7 @@ list the valid keys, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -47,7 +48,8 @@ __all__ = [
 METHODS = ("fedit", "ffa", "flora", "flasc", "hierfedlora", "fedbuff")
 
 # Enum-like settings: the allowed strings (each section's __post_init__ checks the value).
-ModelDtype = Literal["float32", "bfloat16"]
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "8bit", "4bit"]
 Partition = Literal["iid", "dirichlet", "task", "kmeans"]
 DataFormat = Literal["auto", "dolly", "alpaca", "messages", "text"]
 PromptTemplate = Literal["auto", "chat", "alpaca", "plain"]
@@ -62,6 +64,9 @@ Clock = Literal["simulated", "wall"]
 NetworkBackend = Literal["analytic", "ns3"]
 
 _Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -81,12 +86,16 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
 class ModelConfig:
     name: str = field(
         default="smollm2-135m",
-        metadata={"help": "Built-in name (smollm2-135m, tiny-llama), local folder or hub id."},
+        metadata={"help": "Built-in name (smollm2-135m, tiny-llama, llama2-7b-shape, llama2-13b-shape, smollm2-135m-shape), local folder or hub id."},
     )
-    dtype: ModelDtype = field(default="float32", metadata={"help": "float32 or bfloat16."})
+    dtype: ModelDtype = field(default="float32", metadata={"help": "Frozen base weights: float32, bfloat16 or float16 (half: autocast; LoRA and AdamW stay float32)."})
+    quantization: Quantization = field(default="none", metadata={"help": "none, 8bit (LLM.int8) or 4bit (QLoRA nf4 + double quant); needs CUDA and `pip install 'ecolora[gpu]'`."})
+    num_layers: int | None = field(default=None, metadata={"help": "Shape models only: build this many decoder layers (null: the full depth)."})
 
     def __post_init__(self) -> None:
-        _check(self.dtype in ("float32", "bfloat16"), f"`model.dtype` must be float32 or bfloat16, got {self.dtype!r}.")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), f"`model.dtype` must be float32, bfloat16 or float16, got {self.dtype!r}.")
+        _check(self.quantization in ("none", "8bit", "4bit"), f"`model.quantization` must be none, 8bit or 4bit, got {self.quantization!r}.")
+        _check(self.num_layers is None or self.num_layers >= 1, f"`model.num_layers` must be >= 1 or null, got {self.num_layers}.")
 
 
 @dataclass
@@ -140,12 +149,15 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO temperature beta."})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps; one base model there for all simulated clients."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass: less device memory, ~30% more compute."})
 
     def __post_init__(self) -> None:
         _check(self.objective in ("sft", "dpo"), f"`train.objective` must be sft or dpo, got {self.objective!r}.")
         _check(self.lr > 0, f"`train.lr` must be > 0, got {self.lr}.")
         for name in ("batch_size", "local_steps", "grad_accum"):
             _check(getattr(self, name) >= 1, f"`train.{name}` must be >= 1, got {getattr(self, name)}.")
+        _check(_DEVICE.match(str(self.device).lower()) is not None, f"`train.device` must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
 
 
 @dataclass

@@ -213,13 +213,14 @@ def _lora_params(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]
 
 
 def get_lora_state(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """Detached fp32 copies of the adapter's ``lora_A``/``lora_B`` weights, in layer order.
+    """Detached fp32 host copies of the adapter's ``lora_A``/``lora_B`` weights, in layer order.
 
-    Keys equal ``peft.get_peft_model_state_dict(model, adapter_name=...)``'s keys; tensors stay
-    on the model's device.
+    Keys equal ``peft.get_peft_model_state_dict(model, adapter_name=...)``'s keys. This is the one
+    device->host boundary: whatever the model's device, the tensors come back on the CPU, where
+    the codec, the strategies and the byte ledger work (``set_lora_state`` copies them back).
     """
     return {
-        key: param.detach().to(torch.float32, copy=True)
+        key: param.detach().to("cpu", torch.float32, copy=True)
         for key, param in _lora_params(model, adapter_name).items()
     }
 

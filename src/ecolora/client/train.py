@@ -4,18 +4,24 @@ Optimizer state between rounds: a fresh AdamW is built every round. The client's
 overwritten by (or mixed with) the global LoRA at the start of each round, so moments estimated
 for the old parameters would be stale, and keeping them would cost 2x the LoRA size per simulated
 client. This matches FedIT, FFA-LoRA, FLoRA and EcoLoRA's reference implementations.
+
+Device and precision come from the run's :class:`~ecolora.client.device.Placement`: each batch is
+moved to its device here (the only host->device copy of training data), the loss is computed under
+autocast for a half-precision base, and a float16 base on CUDA scales the loss (``GradScaler``) so
+small LoRA gradients do not underflow. LoRA parameters and AdamW state stay float32.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from ecolora.client.device import Placement, to_device
 from ecolora.strategies.base import TrainResult
 
 __all__ = ["LocalTrainer", "LossFn", "sft_loss"]
@@ -38,6 +44,9 @@ class LocalTrainer:
         examples: pre-tokenized examples of all clients (tokenized once per run).
         collate: turns a list of examples into a batch of tensors.
         loss_fn: ``(model, batch) -> (loss, metrics)``; SFT or DPO.
+        placement: device and precision of ``model`` (batches are moved there).
+
+    ``tokens_seen`` counts the non-padding tokens trained on (for tokens/s in benchmarks).
     """
 
     model: torch.nn.Module
@@ -51,6 +60,8 @@ class LocalTrainer:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    placement: Placement = field(default_factory=Placement)
+    tokens_seen: int = 0
 
     def train(self, indices: Sequence[int], client_id: int, server_round: int) -> TrainResult:
         """Run ``local_steps`` optimizer steps on the client's examples ``indices``."""
@@ -60,6 +71,8 @@ class LocalTrainer:
         if not params:
             raise ValueError("No trainable parameters: is LoRA attached and not frozen?")
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        place = self.placement
+        scaler = torch.amp.GradScaler(place.device.type, enabled=place.dtype == torch.float16 and place.device.type == "cuda")
         batches = self._batches(indices, client_id, server_round)
         self.model.train()
         losses: list[float] = []
@@ -69,14 +82,20 @@ class LocalTrainer:
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _micro in range(self.grad_accum):
-                loss, metrics = self.loss_fn(self.model, next(batches))
-                (loss / self.grad_accum).backward()
+                host_batch = next(batches)
+                self.tokens_seen += _num_tokens(host_batch)
+                batch = to_device(host_batch, place.device)
+                with place.autocast():
+                    loss, metrics = self.loss_fn(self.model, batch)
+                scaler.scale(loss / self.grad_accum).backward()
                 step_loss += float(loss.detach()) / self.grad_accum
                 for k, v in metrics.items():
                     extra.setdefault(k, []).append(float(v))
+            scaler.unscale_(optimizer)
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(step_loss)
         compute_s = time.perf_counter() - start
         self.model.eval()
@@ -100,3 +119,11 @@ class LocalTrainer:
                 if len(chunk) < self.batch_size and len(order) >= self.batch_size:
                     continue  # drop the ragged tail so every step sees a full batch
                 yield self.collate([self.examples[int(j)] for j in chunk])
+
+
+def _num_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding tokens of a batch: the sum of its attention masks (SFT: one, DPO: two)."""
+    masks = [v for k, v in batch.items() if k.endswith("attention_mask")]
+    if not masks:
+        return sum(int(v.numel()) for k, v in batch.items() if k.endswith("input_ids"))
+    return sum(int(m.sum()) for m in masks)

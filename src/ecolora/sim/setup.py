@@ -25,6 +25,7 @@ from ecolora.client.lora import (
     get_lora_state,
     save_adapter,
 )
+from ecolora.client.device import placement_from_config, shape_overrides
 from ecolora.client.model import BUILTIN_MODELS, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
@@ -172,9 +173,13 @@ def build_setup(config: RunConfig) -> RunSetup:
     seed_everything(config.seed)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    dtype = torch.float32 if config.model.dtype == "float32" else torch.bfloat16
+    with setup_step("cannot place the model", "set train.device, model.dtype and model.quantization for this machine"):
+        placement = placement_from_config(config)
+    logger.info("Device and precision: %s", placement.describe())
     with setup_step(f"cannot load model {config.model.name!r}", MODEL_FIX):
-        base, tokenizer = load_base_model(config.model.name, dtype=dtype)
+        base, tokenizer = load_base_model(
+            config.model.name, placement=placement, shape_overrides=shape_overrides(config)
+        )
     settings = LoraSettings(
         r=config.lora.r,
         alpha=config.lora.alpha,
@@ -213,6 +218,7 @@ def build_setup(config: RunConfig) -> RunSetup:
         weight_decay=config.train.weight_decay,
         max_grad_norm=config.train.max_grad_norm,
         seed=config.seed,
+        placement=placement,
     )
     shared = SharedModel(model=model, trainer=trainer, adapter_for_rank=adapter_for_rank)
     clients = [
