@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup run smoke test test-all lint clean
+.PHONY: setup run smoke test test-all lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ test-all: setup
 lint: setup  ## ruff on src and tests, mypy --strict on src (settings in pyproject.toml)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+
+gpu-check:  ## 2 rounds x 3 clients on llama2-7b-shape on one CUDA GPU (no setup, no internet)
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

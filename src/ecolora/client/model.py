@@ -109,6 +109,8 @@ def load_base_model(
         )
     name = name_or_path.strip()
     place = placement if placement is not None else Placement(dtype=dtype)
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     if shape_overrides and not is_shape_model(name):
         raise ValueError(
             f"Shape overrides (model.num_layers) apply to shape models ({', '.join(SHAPE_MODELS)}) "
@@ -125,20 +127,29 @@ def load_base_model(
     if place.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # type: ignore[no-untyped-call]
     if place.gradient_checkpointing:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     model.eval()
     return model, tokenizer
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing (renamed in transformers 5.20; older names kept)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _load_pretrained(name: str, place: Placement) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """smollm2-135m, tiny-llama, a folder or a hub id, on ``place.device`` (quantized if asked)."""
     if name == TINY_LLAMA:
         tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir(SMOLLM2))
-        model = _build_tiny_llama(tokenizer).to(place.dtype)
-        return model.to(place.device), tokenizer
+        model = _build_tiny_llama(tokenizer).to(place.dtype)  # type: ignore[arg-type]
+        return model.to(place.device), tokenizer  # type: ignore[arg-type]
     source = str(builtin_model_dir(SMOLLM2)) if name == SMOLLM2 else _resolve_source(name)
     if name != SMOLLM2:
         logger.info("Loading base model %s", source)
@@ -148,7 +159,7 @@ def _load_pretrained(name: str, place: Placement) -> tuple[PreTrainedModel, PreT
         kwargs.update(quantization_config=quant, device_map={"": place.device.index or 0})
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant is None and place.device.type != "cpu":
-        model = model.to(place.device)
+        model = model.to(place.device)  # type: ignore[arg-type]
     return model, AutoTokenizer.from_pretrained(source)
 
 

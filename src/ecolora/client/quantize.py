@@ -54,14 +54,15 @@ def quantize_linears(
             if not isinstance(child, nn.Linear) or child_name == "lm_head":
                 continue
             setattr(parent, child_name, _quantized(bnb, child, quantization, compute_dtype, device))
-    model.is_loaded_in_4bit = quantization == "4bit"
-    model.is_loaded_in_8bit = quantization == "8bit"
+    setattr(model, "is_loaded_in_4bit", quantization == "4bit")  # noqa: B010 (not an nn.Module field)
+    setattr(model, "is_loaded_in_8bit", quantization == "8bit")  # noqa: B010
 
 
 def _quantized(
     bnb: Any, linear: nn.Linear, quantization: str, compute_dtype: torch.dtype, device: torch.device
 ) -> nn.Module:
     bias = linear.bias is not None
+    layer: nn.Module
     if quantization == "4bit":
         layer = bnb.nn.Linear4bit(
             linear.in_features, linear.out_features, bias=bias, compute_dtype=compute_dtype,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -67,7 +68,7 @@ def shape_config(name: str, overrides: Mapping[str, int | float | bool] | None =
     """The ``LlamaConfig`` of a shape model; ``overrides`` change fields (tests: tiny sizes)."""
     if name not in SHAPE_MODELS:
         raise ValueError(f"Unknown shape model {name!r}; shape models: {', '.join(SHAPE_MODELS)}.")
-    fields = {**SHAPE_MODELS[name], **(overrides or {})}
+    fields: dict[str, Any] = {**SHAPE_MODELS[name], **(overrides or {})}
     unknown = sorted(set(fields) - set(LlamaConfig().to_dict()) - {"rope_theta"})
     if unknown:
         raise ValueError(f"Unknown LlamaConfig field(s) {unknown} for shape model {name!r}.")
@@ -85,7 +86,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens([_EOS])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=_EOS, pad_token=_EOS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=_EOS, pad_token=_EOS)  # type: ignore[no-untyped-call]
     tokenizer.model_max_length = 1 << 20
     return tokenizer
 
@@ -102,7 +103,7 @@ def build_shape_model(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.device(device):
         torch.manual_seed(SHAPE_SEED)
-        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+        model: LlamaForCausalLM = LlamaForCausalLM._from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
     logger.warning(
         "%s: %.2fB random parameters on %s (%s); %s",
         name,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ecolora.cache import AssetError
+from ecolora.client.device import placement_from_config, shape_overrides
 from ecolora.client.lora import (
     LoraSettings,
     add_lora_adapter,
@@ -25,7 +26,6 @@ from ecolora.client.lora import (
     get_lora_state,
     save_adapter,
 )
-from ecolora.client.device import placement_from_config, shape_overrides
 from ecolora.client.model import BUILTIN_MODELS, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig

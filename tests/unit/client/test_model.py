@@ -33,7 +33,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_builtin_names() -> None:
-    assert BUILTIN_MODELS == ("smollm2-135m", "tiny-llama")
+    assert BUILTIN_MODELS == (
+        "smollm2-135m", "tiny-llama", "llama2-7b-shape", "llama2-13b-shape", "smollm2-135m-shape"
+    )
 
 
 def test_tiny_llama_architecture(tiny: ModelAndTokenizer) -> None:
