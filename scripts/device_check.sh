@@ -7,6 +7,7 @@
 #                         gradient checkpointing, fedit and fedit+ecolora (4bit if bitsandbytes)
 #   bench_*.log + bench_*.json         `ecolora bench train` on cuda with the phase split
 #   pytest_cuda.log       CPU-vs-CUDA equivalence tests
+#   run_gpu_check/        a plain `ecolora run` of configs/gpu_check.yaml, 1 round (no adapter)
 #   summary.txt           the figures of every step, one line each
 # Each step runs under `timeout` so one failure or hang does not eat the others.
 # DEVICE_CHECK_TINY=1: tiny sizes on the CPU (to test this script on a machine without a GPU).
@@ -88,6 +89,13 @@ print(f"bench {r['model']} [{r['placement']}]: {r['tokens_per_s']:.0f} tokens/s,
 PYEOF
   fi
 done
+
+# ---- 4. a real `ecolora run` (run directory, summary) on the same 7B shape, one round ----------
+RUN=(--set fed.rounds=1)
+[[ "$TINY" == "1" ]] && RUN+=(--set train.device=cpu --set model.name=smollm2-135m-shape --set model.num_layers=2)
+step run_gpu_check 90 "$PY" -m ecolora run -c configs/gpu_check.yaml -o "$OUT/run_gpu_check" "${RUN[@]}"
+rm -rf "$OUT/run_gpu_check/adapter" "$OUT/run_gpu_check/checkpoints"  # large, not needed back
+[[ -f "$OUT/run_gpu_check/summary.json" ]] && echo "run_gpu_check summary: $(head -c 600 "$OUT/run_gpu_check/summary.json" | tr -d '\n')" >> "$OUT/summary.txt"
 
 echo "================ summary ($OUT/summary.txt) ================"
 cat "$OUT/summary.txt"
