@@ -1,7 +1,10 @@
-"""Evaluation: held-out loss, multiple-choice scoring, preference accuracy and named suites."""
+"""Evaluation: held-out loss, multiple-choice scoring, preference accuracy and named suites.
+
+Scorers only: this package imports nothing of ``ecolora.sim``. :mod:`ecolora.eval.heldout`
+(which re-draws a run's split with ``ecolora.sim.setup``) is imported from its module.
+"""
 
 from ecolora.eval.harness import evaluate_with_lm_eval
-from ecolora.eval.heldout import run_heldout
 from ecolora.eval.loss import held_out_loss, perplexity
 from ecolora.eval.multiple_choice import choice_logprobs, score_multiple_choice
 from ecolora.eval.preference import preference_accuracy, preference_metrics
@@ -28,7 +31,6 @@ __all__ = [
     "preference_accuracy",
     "preference_metrics",
     "register_suite",
-    "run_heldout",
     "run_suite",
     "score_multiple_choice",
 ]

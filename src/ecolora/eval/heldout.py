@@ -16,6 +16,11 @@ from typing import Any
 
 import torch
 
+from ecolora.config import load_config
+from ecolora.eval.loss import held_out_loss, perplexity
+from ecolora.eval.preference import preference_metrics
+from ecolora.sim.setup import build_task
+
 __all__ = ["run_heldout"]
 
 
@@ -37,9 +42,6 @@ def run_heldout(
         )
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    from ecolora.config import load_config
-    from ecolora.sim.setup import build_task
-
     config = load_config(config_path)
     task = build_task(config, tokenizer)
     examples = task.eval_examples
@@ -49,12 +51,8 @@ def run_heldout(
         task.collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)
     ]
     if config.train.objective == "dpo":
-        from ecolora.eval.preference import preference_metrics
-
         result = preference_metrics(model, batches, beta=config.train.dpo_beta)
         return {"suite": "heldout", "kind": "preference", **result}
-    from ecolora.eval.loss import held_out_loss, perplexity
-
     loss = held_out_loss(model, batches)
     return {
         "suite": "heldout",

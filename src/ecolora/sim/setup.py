@@ -29,6 +29,7 @@ from ecolora.client.lora import (
 from ecolora.client.model import BUILTIN_MODELS, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
+from ecolora.eval.loss import held_out_loss
 from ecolora.rundir import SetupError
 from ecolora.sim.runtime import SharedModel, SimClient
 from ecolora.strategies import build_strategy
@@ -296,8 +297,6 @@ eval_extra: dict[str, float] = {}  # extra held-out metrics of the last evaluati
 
 
 def _make_eval_fn(config: RunConfig, model: Any, task: TaskData) -> Callable[[], float]:
-    from ecolora.eval import held_out_loss
-
     batch_size = max(config.eval.batch_size, 1)
     examples = task.eval_examples
 
