@@ -30,7 +30,7 @@ import torch
 from ecolora.compress.schedule import lora_matrix
 from ecolora.compress.topk import topk_mask, topk_mask_joint
 
-__all__ = ["SCOPES", "ErrorFeedback"]
+__all__ = ["SCOPES", "ErrorFeedback", "compress_owned"]
 
 SCOPES = ("tensor", "group", "global")
 Densities = Mapping[str, float] | Callable[[str], float]
@@ -149,6 +149,27 @@ class ErrorFeedback:
         self._residuals = residuals
         self._values_in = {str(k): int(v) for k, v in state["num_values_in"].items()}
         self._values_kept = {str(k): int(v) for k, v in state["num_values_kept"].items()}
+
+
+def compress_owned(
+    owner: dict[str, Any],
+    stream: str,
+    tensors: Mapping[str, torch.Tensor],
+    densities: Densities,
+    scope: str = "tensor",
+) -> dict[str, torch.Tensor]:
+    """:meth:`ErrorFeedback.compress` with the residuals kept in ``owner["feedback"]``.
+
+    ``owner`` is the state of whoever produced the tensors (a client's ``runtime.state``, which
+    persists across rounds on its device, or a server-side owner's state), so residuals always
+    stay with their owner and travel with its checkpoints.
+    """
+    feedback = ErrorFeedback()
+    if "feedback" in owner:
+        feedback.load_state_dict(owner["feedback"])
+    out = feedback.compress(stream, tensors, densities, scope=scope)
+    owner["feedback"] = feedback.state_dict()
+    return out
 
 
 def _density(densities: Densities, name: str) -> float:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ecolora import codec
-from ecolora.compress import AdaptiveK, AdaptiveKConfig, ErrorFeedback, sparsify_topk
+from ecolora.compress.ecolora import EcoLoRACompressor, density_fn
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     ClientRuntime,
@@ -46,18 +46,9 @@ from ecolora.strategies.base import (
     get_strategy_class,
     overlay_lora,
 )
-from ecolora.strategies.fedit import FedIT, _train_metrics, is_lora_a
-from ecolora.strategies.segments import SegmentLayout, assign_segment
+from ecolora.strategies.fedit import FedIT, _train_metrics
 
 __all__ = ["EcoLoRA", "build_ecolora", "mixing_weight"]
-
-
-def density_schedule(eco: Any) -> AdaptiveK:
-    """The eq. 4 schedule from an ``ecolora`` config section (shared by every +ecolora method)."""
-    return AdaptiveK(AdaptiveKConfig(
-        k_max=eco.k_max, k_min_a=eco.k_min_a, k_min_b=eco.k_min_b, gamma_a=eco.gamma_a, gamma_b=eco.gamma_b,
-        fixed_density=eco.fixed_density if eco.sparsification == "fixed" else None,
-    ))
 
 
 def mixing_weight(beta: float, server_round: int, last_round: int) -> float:
@@ -66,7 +57,11 @@ def mixing_weight(beta: float, server_round: int, last_round: int) -> float:
 
 
 class EcoLoRA(Strategy):
-    """Segments + staleness mixing + adaptive sparsification + lossless coding over ``inner``."""
+    """Segments + staleness mixing + adaptive sparsification + lossless coding over ``inner``.
+
+    Everything EcoLoRA compresses with (densities, losses, segments, replica, residuals) is in
+    ``self.compressor`` (:class:`~ecolora.compress.EcoLoRACompressor`).
+    """
 
     def __init__(self, inner: FedIT, config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> None:
         super().__init__(config, initial_lora)
@@ -74,41 +69,23 @@ class EcoLoRA(Strategy):
         self.name = f"{inner.name}+ecolora"
         self.eco = config.ecolora
         self.global_state = {k: v.clone() for k, v in self.initial_lora.items() if inner.exchanged(k)}
-        num_segments = self.eco.num_segments if self.eco.segments else 1
-        self.layout = SegmentLayout.from_tensors(self.global_state, num_segments)
-        self.schedule = density_schedule(self.eco)
-        self.initial_loss: float | None = None
-        self.last_loss: float | None = None
-        # Download state: the replica Q held by clients (update mode) and its history by round.
-        self.replica = {k: v.clone() for k, v in self.global_state.items()}
-        self.replica_history: dict[int, dict[str, torch.Tensor]] = {0: {k: v.clone() for k, v in self.replica.items()}}
-        self.client_sync_round: dict[int, int] = {}
-        self.server_feedback = ErrorFeedback()
+        self.compressor = EcoLoRACompressor(self.eco, self.global_state)
+        self.layout = self.compressor.require_layout()
 
-    # ---- schedule ----------------------------------------------------------------------------
     def densities(self) -> tuple[float, float]:
-        if self.eco.sparsification == "none":
-            return 1.0, 1.0
-        return (
-            self.schedule.density("A", self.initial_loss, self.last_loss),
-            self.schedule.density("B", self.initial_loss, self.last_loss),
-        )
+        return self.compressor.densities()
 
     # ---- server ------------------------------------------------------------------------------
     def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
         density_a, density_b = self.densities()
-        dens = _density_fn(density_a, density_b)
+        comp = self.compressor
+        replica = comp.require_replica()
         mode = self.eco.sparsify
-        sparse_down = self.eco.download_sparsification and self.eco.sparsification != "none"
+        sparse_down = comp.sparse_download
         if sparse_down and mode == "update":
-            delta = {k: self.global_state[k] - self.replica[k] for k in self.replica}
-            sent = {k: sparsify_topk(v, dens(k)) for k, v in delta.items()}
-            for k in self.replica:
-                self.replica[k] += sent[k]
-            self.replica_history[server_round] = {k: v.clone() for k, v in self.replica.items()}
+            replica.advance(self.global_state, density_fn(density_a, density_b), server_round)
         elif sparse_down:
-            broadcast = self.server_feedback.compress("down", self.global_state, dens) if self.eco.error_feedback \
-                else {k: sparsify_topk(v, dens(k)) for k, v in self.global_state.items()}
+            broadcast = comp.compress(comp.owner_state("server"), "down", self.global_state, density_a, density_b)
         # Messages share tensors (one dense snapshot, one delta per sync round): the server's
         # memory for a round's messages does not grow with the number of clients.
         snapshot = {k: v.clone() for k, v in self.global_state.items()} if not sparse_down else {}
@@ -116,32 +93,21 @@ class EcoLoRA(Strategy):
         messages = {}
         for position, cid in enumerate(client_ids):
             config = {
-                "round": server_round, "segment": assign_segment(position, server_round, self.layout.num_segments),
+                "round": server_round, "segment": comp.segment(position, server_round),
                 "density_a": density_a, "density_b": density_b, "download": "dense",
             }
             if not sparse_down:
                 tensors = dict(snapshot)
             elif mode == "update":
-                synced = self.client_sync_round.get(cid, 0)
-                if synced not in deltas:
-                    since = self.replica_history[synced]
-                    deltas[synced] = {k: self.replica[k] - since[k] for k in self.replica}
-                tensors = dict(deltas[synced])
+                tensors = replica.delta_for(cid, server_round, deltas)
                 config["download"] = "delta"
-                self.client_sync_round[cid] = server_round
             else:
                 tensors = dict(broadcast)
                 config["download"] = "sparse_params"
             messages[cid] = Message(config=config, tensors=tensors)
-        self._prune_history()
+        replica.prune()
         self.remember_asked(server_round, messages)
         return messages
-
-    def _prune_history(self) -> None:
-        keep = set(self.client_sync_round.values()) | {0}
-        for r in list(self.replica_history):
-            if r not in keep:
-                del self.replica_history[r]
 
     def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         """The 1-D pieces of the segment the client was asked for (eq. 2)."""
@@ -183,9 +149,7 @@ class EcoLoRA(Strategy):
                 mean = {k: current[k] + v for k, v in mean.items()}
             self.layout.insert(self.global_state, segment, mean)
         train_sum, initial_sum, total = self._loss_sums
-        self.last_loss = train_sum / total
-        if self.initial_loss is None:
-            self.initial_loss = initial_sum / total
+        self.compressor.observe_losses(train_sum / total, initial_sum / total)
         segments_updated = len(self._sums)
         self._sums, self._weights = {}, {}
         density_a, density_b = self.densities()
@@ -240,25 +204,9 @@ class EcoLoRA(Strategy):
             pieces = {k: v.reshape(-1) for k, v in outgoing.items()}
         else:
             pieces = self.layout.extract(outgoing, segment)
-        pieces = self._compress_upload(state, f"up/{segment}", pieces, float(cfg["density_a"]), float(cfg["density_b"]))
+        pieces = self.compressor.compress(state, f"up/{segment}", pieces, float(cfg["density_a"]), float(cfg["density_b"]))
         return Message(config={"round": server_round, "segment": segment}, tensors=pieces,
                        num_examples=result.num_examples, metrics=_train_metrics(result))
-
-    def _compress_upload(
-        self, state: dict[str, Any], stream: str, pieces: dict[str, torch.Tensor], density_a: float, density_b: float
-    ) -> dict[str, torch.Tensor]:
-        """Top-k of the outgoing pieces with the client's residual for this segment (eqs. 5-6)."""
-        if self.eco.sparsification == "none":
-            return pieces
-        dens = _density_fn(density_a, density_b)
-        if not self.eco.error_feedback:
-            return {k: sparsify_topk(v, dens(k)) for k, v in pieces.items()}
-        feedback = ErrorFeedback()
-        if "feedback" in state:
-            feedback.load_state_dict(state["feedback"])
-        out = feedback.compress(stream, pieces, dens)
-        state["feedback"] = feedback.state_dict()
-        return out
 
     # ---- wire --------------------------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:
@@ -267,23 +215,11 @@ class EcoLoRA(Strategy):
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "global_state": self.global_state, "replica": self.replica, "replica_history": self.replica_history,
-            "client_sync_round": dict(self.client_sync_round), "initial_loss": self.initial_loss,
-            "last_loss": self.last_loss, "server_feedback": self.server_feedback.state_dict(),
-        }
+        return {"global_state": self.global_state, "compressor": self.compressor.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.global_state = {k: v.clone() for k, v in state["global_state"].items()}
-        self.replica = {k: v.clone() for k, v in state["replica"].items()}
-        self.replica_history = {int(r): dict(v) for r, v in state["replica_history"].items()}
-        self.client_sync_round = {int(c): int(r) for c, r in state["client_sync_round"].items()}
-        self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
-        self.server_feedback.load_state_dict(state["server_feedback"])
-
-
-def _density_fn(density_a: float, density_b: float):  # type: ignore[no-untyped-def]
-    return lambda name: density_a if is_lora_a(name) else density_b
+        self.compressor.load_state_dict(state["compressor"])
 
 
 def build_ecolora(base_name: str, config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:

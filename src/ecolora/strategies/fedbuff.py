@@ -167,7 +167,7 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
             self._prepared_version = version
         else:
             messages = {cid: self._message_at_prepared_version(version, cid) for cid in client_ids}
-            self._prune_history()
+            self.compressor.require_replica().prune()
         for cid in client_ids:
             messages[cid].config.update(segment=self.num_dispatched % self.layout.num_segments, version=version)
             self.num_dispatched += 1
@@ -176,13 +176,10 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
     def _message_at_prepared_version(self, version: int, cid: int) -> Message:
         density_a, density_b = self.densities()
         config = {"round": version, "density_a": density_a, "density_b": density_b, "download": "dense"}
-        sparse_down = self.eco.download_sparsification and self.eco.sparsification != "none"
-        if not sparse_down:
+        if not self.compressor.sparse_download:
             return Message(config=config, tensors={k: v.clone() for k, v in self.global_state.items()})
-        since = self.replica_history[self.client_sync_round.get(cid, 0)]
-        self.client_sync_round[cid] = version
         config["download"] = "delta"
-        return Message(config=config, tensors={k: self.replica[k] - since[k] for k in self.replica})
+        return Message(config=config, tensors=self.compressor.require_replica().delta_for(cid, version))
 
     def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
         """Scale each buffered update by eta_g w(s_i), then EcoLoRA's per-segment aggregation."""

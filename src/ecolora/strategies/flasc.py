@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ecolora import codec
-from ecolora.compress import ErrorFeedback
+from ecolora.compress import ErrorFeedback, compress_owned
 from ecolora.strategies.base import ClientRuntime, Message, clip_delta_reply, register_strategy
 from ecolora.strategies.fedit import FedIT, _train_metrics
 
@@ -75,11 +75,7 @@ class FLASC(FedIT):
         update = {k: local[k].float() - start[k] for k in start}
         density = float(message.config["upload_density"])
         if self.config.flasc.error_feedback:
-            feedback = ErrorFeedback()
-            if "feedback" in runtime.state:
-                feedback.load_state_dict(runtime.state["feedback"])
-            sent = feedback.compress("flasc/up", update, lambda _: density, scope=self.config.flasc.scope)
-            runtime.state["feedback"] = feedback.state_dict()
+            sent = compress_owned(runtime.state, "flasc/up", update, lambda _: density, scope=self.config.flasc.scope)
         else:
             sent = _topk(update, density, self.config.flasc.scope)
         return Message(config={"round": server_round}, tensors=sent, num_examples=result.num_examples,

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from ecolora import codec
-from ecolora.compress import sparsify_topk
+from ecolora.compress.ecolora import EcoLoRACompressor
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     AggregationError,
@@ -92,21 +92,13 @@ class FLoRA(Strategy):
         self.alpha = config.lora.alpha
         self.stacks: dict[int, dict[str, torch.Tensor]] = {}  # round -> stacked module
         self.client_sync_round: dict[int, int] = {}
-        eco = config.ecolora
-        from ecolora.strategies.ecolora import density_schedule
-
-        self.schedule = density_schedule(eco)
-        self.initial_loss: float | None = None
-        self.last_loss: float | None = None
+        self.compressor = EcoLoRACompressor(config.ecolora)  # densities and losses (no segments here)
 
     def rank_of(self, client_id: int) -> int:
         return self.ranks[client_id % len(self.ranks)]
 
     def densities(self) -> tuple[float, float]:
-        if not self.compressed or self.config.ecolora.sparsification == "none":
-            return 1.0, 1.0
-        return (self.schedule.density("A", self.initial_loss, self.last_loss),
-                self.schedule.density("B", self.initial_loss, self.last_loss))
+        return self.compressor.densities() if self.compressed else (1.0, 1.0)
 
     # ---- server ------------------------------------------------------------------------------
     def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
@@ -157,13 +149,12 @@ class FLoRA(Strategy):
         stacked = stack_modules([replies[c].tensors for c in cids], [replies[c].num_examples for c in cids],
                                 [self.alpha / r for r in ranks])
         if self.compressed:
-            density_a, density_b = self.densities()
-            stacked = {k: sparsify_topk(v, density_a if is_lora_a(k) else density_b) for k, v in stacked.items()}
+            stacked = self.compressor.sparsify(stacked, *self.densities())
         self.stacks[server_round] = stacked
         weights = [replies[c].num_examples for c in cids]
-        self.last_loss = sum(w * replies[c].metrics["train_loss"] for w, c in zip(weights, cids, strict=True)) / sum(weights)
-        if self.initial_loss is None:
-            self.initial_loss = sum(w * replies[c].metrics["initial_loss"] for w, c in zip(weights, cids, strict=True)) / sum(weights)
+        self.compressor.observe_losses(
+            sum(w * replies[c].metrics["train_loss"] for w, c in zip(weights, cids, strict=True)) / sum(weights),
+            sum(w * replies[c].metrics["initial_loss"] for w, c in zip(weights, cids, strict=True)) / sum(weights))
         return {"stacked_rank": int(sum(ranks))}
 
     def global_lora(self) -> dict[str, torch.Tensor]:
@@ -202,7 +193,7 @@ class FLoRA(Strategy):
         result = runtime.train(server_round, cfg)
         local = runtime.get_lora()
         if self.compressed:
-            local = {k: sparsify_topk(v, float(cfg["density_a"] if is_lora_a(k) else cfg["density_b"])) for k, v in local.items()}
+            local = self.compressor.sparsify(local, float(cfg["density_a"]), float(cfg["density_b"]))
         return Message(config={"round": server_round}, tensors=local, num_examples=result.num_examples,
                        metrics=_train_metrics(result))
 
@@ -224,12 +215,12 @@ class FLoRA(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {"stacks": self.stacks, "client_sync_round": self.client_sync_round,
-                "initial_loss": self.initial_loss, "last_loss": self.last_loss}
+                "compressor": self.compressor.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.stacks = {int(r): dict(v) for r, v in state["stacks"].items()}
         self.client_sync_round = {int(c): int(r) for c, r in state["client_sync_round"].items()}
-        self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
+        self.compressor.load_state_dict(state["compressor"])
 
 
 def _fresh_lora(template: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

@@ -34,14 +34,14 @@ tau_g intra-group aggregations, and members restart from the group model every i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from ecolora import codec
-from ecolora.compress import ErrorFeedback, sparsify_topk
+from ecolora.compress.ecolora import EcoLoRACompressor
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     ClientRuntime,
@@ -51,7 +51,7 @@ from ecolora.strategies.base import (
     register_strategy,
     weighted_average,
 )
-from ecolora.strategies.fedit import FedIT, _train_metrics, is_lora_a
+from ecolora.strategies.fedit import FedIT, _train_metrics
 from ecolora.strategies.grouping import (
     GroupPlan,
     control_group,
@@ -86,12 +86,7 @@ class HierFedLoRA(FedIT):
         self.group_start: dict[int, Tensors] = {}
         self.group_examples: dict[int, int] = {}
         self.group_losses: dict[int, tuple[float, float]] = {}
-        eco = config.ecolora
-        from ecolora.strategies.ecolora import density_schedule
-
-        self.schedule = density_schedule(eco)
-        self.initial_loss: float | None = None
-        self.last_loss: float | None = None
+        self.compressor = EcoLoRACompressor(config.ecolora)  # densities, losses, residuals
         self.value_dtype = torch.float16 if compressed else self.wire_dtype
 
     # ---- groups and the controller -----------------------------------------------------------
@@ -131,10 +126,7 @@ class HierFedLoRA(FedIT):
         return {g: sorted(m, key=lambda c: (-num_examples[c], c)) for g, m in sorted(out.items())}
 
     def densities(self) -> tuple[float, float]:
-        if not self.compressed or self.config.ecolora.sparsification == "none":
-            return 1.0, 1.0
-        return (self.schedule.density("A", self.initial_loss, self.last_loss),
-                self.schedule.density("B", self.initial_loss, self.last_loss))
+        return self.compressor.densities() if self.compressed else (1.0, 1.0)
 
     # ---- server -> leaders -------------------------------------------------------------------
     def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
@@ -158,14 +150,11 @@ class HierFedLoRA(FedIT):
     def _send_delta(self, cid: int, target: Mapping[str, torch.Tensor], exact: bool = False) -> Tensors:
         """D = SC_k(target - view) in wire precision; the sender's copy of the view moves by D."""
         view = self._known_view(cid, list(target))
-        dens = _density_fn(*self.densities())
-        sent = {}
-        for k, value in target.items():
-            delta = value.float() - view[k]
-            if not exact:
-                delta = sparsify_topk(delta, dens(k)) if self.compressed else delta
-                delta = delta.to(self.value_dtype).float()
-            sent[k] = delta
+        sent = {k: value.float() - view[k] for k, value in target.items()}
+        if not exact:
+            if self.compressed:
+                sent = self.compressor.sparsify(sent, *self.densities())
+            sent = {k: d.to(self.value_dtype).float() for k, d in sent.items()}
         self.views[cid] = {k: view[k] + sent[k] for k in target}
         return sent
 
@@ -205,11 +194,18 @@ class HierFedLoRA(FedIT):
         return {"train_loss": losses[0]}
 
     def close_group(self, leader: ClientRuntime, server_round: int, group: int) -> Message:
-        """Leader -> server: U_g = M_g - M_g^start (top-k with the leader's residual for +ecolora)."""
+        """Leader -> server: U_g = M_g - M_g^start (+ecolora: top-k with the group's residual, eqs. 5-6).
+
+        The residual belongs to the group, like M_g: under partial participation the leader changes
+        from round to round, and a residual kept on the leader's device would be split across
+        clients and go stale. The compressor keeps it (``owner_state("group<g>")``), checkpointed
+        with the strategy; the leader's role runs where the group model lives (the server process).
+        """
+        del leader
         update = {k: v - self.group_start[group][k] for k, v in self.group_model[group].items()}
-        if self.compressed:
-            update = _compress(leader.state, f"hier/group{group}", update, self.config.ecolora.error_feedback,
-                               _density_fn(*self.densities()))
+        if self.compressed:  # the residual is the group's, whichever member leads this round
+            update = self.compressor.compress(self.compressor.owner_state(f"group{group}"), f"hier/group{group}",
+                                              update, *self.densities())
         train_loss, initial_loss = self.group_losses[group]
         return Message(config={"round": server_round, "group": group}, tensors=update,
                        num_examples=self.group_examples[group],
@@ -237,9 +233,7 @@ class HierFedLoRA(FedIT):
         for k, total in self._sums.items():
             self.global_state[k] = self.global_state[k] + total / self._weights[k]
         train_sum, initial_sum, weight = self._loss_sums
-        self.last_loss = train_sum / weight
-        if self.initial_loss is None:
-            self.initial_loss = initial_sum / weight
+        self.compressor.observe_losses(train_sum / weight, initial_sum / weight)
         updated = len(self._sums)
         self._sums, self._weights = {}, {}
         density_a, density_b = self.densities()
@@ -264,8 +258,8 @@ class HierFedLoRA(FedIT):
         local = runtime.get_lora()
         update = {k: local[k].float() - start[k] for k in keys}
         if self.compressed and not cfg.get("local", False):
-            update = _compress(runtime.state, "hier/up", update, self.config.ecolora.error_feedback,
-                               _density_fn(float(cfg["density_a"]), float(cfg["density_b"])))
+            update = self.compressor.compress(runtime.state, "hier/up", update,
+                                              float(cfg["density_a"]), float(cfg["density_b"]))
         return Message(config={"round": cfg["round"], "intra": cfg["intra"], "group": cfg["group"]}, tensors=update,
                        num_examples=result.num_examples, metrics=_train_metrics(result))
 
@@ -278,7 +272,7 @@ class HierFedLoRA(FedIT):
 
     def state_dict(self) -> dict[str, Any]:
         return {"global_state": self.global_state, "views": self.views, "plans": [p.to_dict() for p in self.plans],
-                "initial_loss": self.initial_loss, "last_loss": self.last_loss}
+                "compressor": self.compressor.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.global_state = {k: v.clone() for k, v in state["global_state"].items()}
@@ -286,7 +280,7 @@ class HierFedLoRA(FedIT):
         self.plans = [GroupPlan(p["group"], tuple(p["members"]), p["divergence"], p["intra_rounds"], p["depth"])
                       for p in state["plans"]]
         self.group_of = {cid: p.group_id for p in self.plans for cid in p.members}
-        self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
+        self.compressor.load_state_dict(state["compressor"])
 
 
 def _layer_index(key: str) -> int:
@@ -302,23 +296,6 @@ def _apply_delta(state: dict[str, Any], initial: Mapping[str, torch.Tensor], del
     view = {k: (known[k] if k in known else initial[k].float()) + d.float() for k, d in delta.items()}
     state["view"] = {**known, **view}
     return view
-
-
-def _density_fn(density_a: float, density_b: float) -> Callable[[str], float]:
-    return lambda name: density_a if is_lora_a(name) else density_b
-
-
-def _compress(state: dict[str, Any], stream: str, update: Tensors, error_feedback: bool,
-              dens: Callable[[str], float]) -> Tensors:
-    """Top-k of an update, with the device's residual for ``stream`` when error feedback is on."""
-    if not error_feedback:
-        return {k: sparsify_topk(v, dens(k)) for k, v in update.items()}
-    feedback = ErrorFeedback()
-    if "feedback" in state:
-        feedback.load_state_dict(state["feedback"])
-    out = feedback.compress(stream, update, dens)
-    state["feedback"] = feedback.state_dict()
-    return out
 
 
 def build_hierfedlora(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:

@@ -217,3 +217,30 @@ def test_config_errors_are_pinned():
         fresh.configure_round(1, [0])
     with pytest.raises(ValueError, match=r"build_hierfedlora builds hierfedlora or hierfedlora\+ecolora, got 'fedit'."):
         build_hierfedlora(load_config(None, ["method=fedit"]), lora_template())
+
+
+def test_group_upload_residual_follows_the_group_when_the_leader_changes():
+    """Regression: the group's upload residual was kept on whichever member led the round, so a
+    new leader started from an empty residual and the old one kept a stale part of the group's."""
+    strategy = _strategy("hier.depth=2", "ecolora.sparsification=fixed", "ecolora.fixed_density=0.5",
+                         method="hierfedlora+ecolora")
+    group, (a, b) = 0, (NoisyRuntime(0, num_examples=1), NoisyRuntime(2, num_examples=1))
+    g = torch.Generator().manual_seed(3)
+    start = {k: torch.randn(strategy.global_state[k].shape, generator=g) for k in LAYER0 + LAYER1}
+    model = {k: v + torch.randn(v.shape, generator=g) for k, v in start.items()}
+    update = {k: model[k] - start[k] for k in start}
+    strategy.group_examples[group], strategy.group_losses[group] = 1, (1.0, 2.0)
+    strategy.group_start[group], strategy.group_model[group] = start, model
+    first = strategy.close_group(a, 1, group).tensors
+    strategy.group_model[group] = dict(start)  # round 2: a new leader, the group model did not move
+    second = strategy.close_group(b, 2, group).tensors
+    for k in start:  # round 2 sends the top half of what round 1 left (U - SC(U)), not nothing
+        left = update[k] - first[k]
+        kept = second[k] != 0
+        assert int(kept.sum()) == round(0.5 * left.numel())
+        assert torch.equal(second[k][kept], left[kept])
+    sent_total = {k: first[k] + second[k] for k in start}
+    residual = strategy.compressor.owner_state(f"group{group}")["feedback"]["residuals"][f"hier/group{group}"]
+    for k in start:  # eq. 6 over the group's stream: sent + residual = the group's updates
+        assert torch.allclose(sent_total[k] + residual[k], update[k], atol=1e-6)
+    assert "feedback" not in a.state and "feedback" not in b.state

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ecolora.strategies.segments import SegmentLayout, assign_segment
+from ecolora.compress.segments import SegmentLayout, assign_segment
 
 
 def test_round_robin_assignment_covers_all_segments_each_round():

@@ -45,7 +45,8 @@ class SegmentLayout:
 
     @property
     def offsets(self) -> list[int]:
-        out, acc = [], 0
+        out: list[int] = []
+        acc = 0
         for shape in self.shapes:
             out.append(acc)
             acc += int(torch.Size(shape).numel())
@@ -66,7 +67,7 @@ class SegmentLayout:
         """(tensor name, start, end) ranges within each tensor's flat view covered by ``segment``."""
         lo, hi = self.bounds(segment)
         offsets = self.offsets
-        out = []
+        out: list[tuple[str, int, int]] = []
         for i, name in enumerate(self.names):
             start, end = max(lo, offsets[i]), min(hi, offsets[i + 1])
             if start < end:
