@@ -299,11 +299,12 @@ class FaultConfig:
     dropout: float = field(default=0.0, metadata={"help": "Probability a sampled client never replies."})
     straggler: float = field(default=0.0, metadata={"help": "Probability a client misses the round deadline."})
     upload_failure: float = field(default=0.0, metadata={"help": "Probability an upload breaks mid-transfer."})
+    nonfinite: float = field(default=0.0, metadata={"help": "Probability a client's trained LoRA holds NaN/Inf (its reply is rejected as non_finite)."})
     clip_norm: float | None = field(default=None, metadata={"help": "Clip each client update to this L2 norm before averaging (null: no clipping)."})
     max_num_examples: int | None = field(default=None, metadata={"help": "Reject an update that declares more training examples (null: no bound)."})
 
     def __post_init__(self) -> None:
-        for name in ("dropout", "straggler", "upload_failure"):
+        for name in ("dropout", "straggler", "upload_failure", "nonfinite"):
             _in_range(f"faults.{name}", getattr(self, name), 0.0, 1.0)
         _check(self.clip_norm is None or self.clip_norm > 0, f"`faults.clip_norm` must be > 0 or null, got {self.clip_norm}.")
         _check(self.max_num_examples is None or self.max_num_examples >= 1, f"`faults.max_num_examples` must be >= 1 or null, got {self.max_num_examples}.")

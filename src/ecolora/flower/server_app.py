@@ -125,7 +125,7 @@ def _run_loop(grid: Grid, settings: FlowerSettings, runner: Any, out_dir: Path) 
 def _refuse_unsupported(config: RunConfig) -> None:
     """Options the fedbuff / hierfedlora loops ignore (in-process they warn) stop a Flower run."""
     faults = config.faults
-    ignored = [name for name in ("dropout", "straggler", "upload_failure") if getattr(faults, name)]
+    ignored = [name for name in ("dropout", "straggler", "upload_failure", "nonfinite") if getattr(faults, name)]
     if ignored:
         raise ValueError(
             f"{config.method} on Flower does not simulate client faults; unset faults."

@@ -425,5 +425,5 @@ def write_summary_extras(out_dir: Path, summary: dict[str, Any], extras: dict[st
 def warn_unsupported(config: RunConfig) -> None:
     """Say which run options these loops do not implement (client faults)."""
     faults = config.faults
-    if faults.dropout or faults.straggler or faults.upload_failure:
-        logger.warning("faults.dropout/straggler/upload_failure are ignored by %s.", config.method)
+    if faults.dropout or faults.straggler or faults.upload_failure or faults.nonfinite:
+        logger.warning("faults.dropout/straggler/upload_failure/nonfinite are ignored by %s.", config.method)

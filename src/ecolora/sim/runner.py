@@ -41,7 +41,7 @@ from ecolora.sim.checkpoint import (
     rewrite_metrics,
     save_checkpoint,
 )
-from ecolora.sim.faults import draw_fault, upload
+from ecolora.sim.faults import draw_fault, faulty_runtime, upload
 from ecolora.sim.runtime import SimClient
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
@@ -121,10 +121,10 @@ def _play_round(
     for done, cid in enumerate(sampled):
         client: SimClient = setup.clients[cid]
         received = transport.send(server_round, cid, "down", messages.pop(cid))
-        reply = strategy.client_round(client, received)
+        fault = draw_fault(config.faults, config.seed, server_round, cid)
+        reply = strategy.client_round(faulty_runtime(client, fault), received)
         row: dict[str, Any] = {"client": cid, "compute_s": reply.metrics.get("compute_s", 0.0),
                                "train_loss": reply.metrics.get("train_loss")}
-        fault = draw_fault(config.faults, config.seed, server_round, cid)
         outcome = upload(transport, server_round, cid, reply, fault)
         reason = outcome.dropped or outcome.rejected
         if outcome.dropped:

@@ -47,6 +47,7 @@ from ecolora.strategies.base import (
     overlay_lora,
 )
 from ecolora.strategies.fedit import FedIT, _train_metrics
+from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
 __all__ = ["EcoLoRA", "build_ecolora", "mixing_weight"]
 
@@ -197,9 +198,14 @@ class EcoLoRA(Strategy):
         self.inner.before_training(runtime)
         result = runtime.train(server_round, cfg)
         local = {k: v for k, v in runtime.get_lora().items() if k in initial}
+        segment = int(cfg["segment"])
+        reason = nonfinite_reason(local)
+        if reason is not None:  # validate before compressing: nothing of it enters any state
+            state.update(view=view)
+            return Message(config={"round": server_round, "segment": segment, CLIENT_REJECTION_KEY: reason},
+                           num_examples=result.num_examples, metrics=_train_metrics(result))
         state.update(view=view, local=local, tau=server_round)
         outgoing = {k: local[k] - start[k] for k in local} if self.eco.sparsify == "update" else local
-        segment = int(cfg["segment"])
         if self.layout.num_segments == 1:
             pieces = {k: v.reshape(-1) for k, v in outgoing.items()}
         else:

@@ -35,6 +35,7 @@ from ecolora import codec
 from ecolora.compress import ErrorFeedback, compress_owned
 from ecolora.strategies.base import ClientRuntime, Message, clip_delta_reply, register_strategy
 from ecolora.strategies.fedit import FedIT, _train_metrics
+from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
 __all__ = ["FLASC"]
 
@@ -73,6 +74,10 @@ class FLASC(FedIT):
         result = runtime.train(server_round, message.config)
         local = runtime.get_lora()
         update = {k: local[k].float() - start[k] for k in start}
+        reason = nonfinite_reason(update)
+        if reason is not None:  # validate before compressing (top-k cannot rank NaN)
+            return Message(config={"round": server_round, CLIENT_REJECTION_KEY: reason},
+                           num_examples=result.num_examples, metrics=_train_metrics(result))
         density = float(message.config["upload_density"])
         if self.config.flasc.error_feedback:
             sent = compress_owned(runtime.state, "flasc/up", update, lambda _: density, scope=self.config.flasc.scope)

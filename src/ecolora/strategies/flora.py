@@ -45,6 +45,7 @@ from ecolora.strategies.base import (
     register_strategy,
 )
 from ecolora.strategies.fedit import _train_metrics, is_lora_a
+from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
 __all__ = ["FLoRA", "module_of", "stack_modules"]
 
@@ -192,6 +193,10 @@ class FLoRA(Strategy):
         runtime.set_lora(_fresh_lora(runtime.get_lora(), seed=(self.config.seed * 1_000_003 + server_round * 10_007 + runtime.client_id) % 2**31))
         result = runtime.train(server_round, cfg)
         local = runtime.get_lora()
+        reason = nonfinite_reason(local)
+        if reason is not None:  # validate before compressing (top-k cannot rank NaN)
+            return Message(config={"round": server_round, CLIENT_REJECTION_KEY: reason},
+                           num_examples=result.num_examples, metrics=_train_metrics(result))
         if self.compressed:
             local = self.compressor.sparsify(local, float(cfg["density_a"]), float(cfg["density_b"]))
         return Message(config={"round": server_round}, tensors=local, num_examples=result.num_examples,

@@ -26,6 +26,11 @@ Reasons are ``"<code>: <details>"``; the codes are stable (tests and dashboards 
                    recorded by the engine with ``aggregate_reject``
 =================  =====================================================================
 
+A client checks its own trained LoRA before it compresses it (:func:`nonfinite_reason`): top-k
+cannot rank NaN, and a NaN outside the uploaded segment would otherwise go unnoticed. It then
+sends no tensors and declares the reason under ``config["rejected"]`` (:data:`CLIENT_REJECTION_KEY`);
+the server rejects that reply with the client's reason (code ``non_finite``), on either engine.
+
 The module is pure: it sees only the reply, the config the client was sent and the expected
 shapes, so it does not import the strategies.
 """
@@ -41,14 +46,17 @@ import torch
 from ecolora.strategies.message import Message
 
 __all__ = [
+    "CLIENT_REJECTION_KEY",
     "ECHOED_KEYS",
     "REASON_CODES",
     "REQUIRED_METRICS",
     "WIRE_FLOAT_DTYPES",
+    "nonfinite_reason",
     "reason_code",
     "validate_update",
 ]
 
+CLIENT_REJECTION_KEY = "rejected"  # a reply's own reason not to be aggregated (config key)
 ECHOED_KEYS = ("round", "segment")  # config values a reply must repeat from its request
 REQUIRED_METRICS = ("train_loss", "initial_loss")  # read by the loss schedule (EcoLoRA eq. 4)
 WIRE_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -61,6 +69,14 @@ REASON_CODES = (
 def reason_code(reason: str) -> str:
     """The stable code of a rejection reason (the text before the first colon)."""
     return reason.split(":", 1)[0]
+
+
+def nonfinite_reason(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """``non_finite: ...`` if a tensor holds NaN or +-inf (a client's check before compressing)."""
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            return f"non_finite: {name!r} holds NaN or infinite values after local training"
+    return None
 
 
 def validate_update(
@@ -85,6 +101,11 @@ def validate_update(
     config = reply.config if isinstance(reply.config, Mapping) else {}
     if config.get("round") != server_round:
         return f"round: reply answers round {config.get('round')!r}, expected {server_round}"
+    declared = config.get(CLIENT_REJECTION_KEY)
+    if declared is not None:
+        if isinstance(declared, str) and reason_code(declared) in REASON_CODES:
+            return declared
+        return f"config: reply declares {CLIENT_REJECTION_KEY} {declared!r}, expected '<code>: <details>'"
     for key in ECHOED_KEYS[1:]:
         if asked is not None and key in asked and config.get(key) != asked[key]:
             return f"{key}: reply carries {key} {config.get(key)!r}, the client was asked for {asked[key]!r}"

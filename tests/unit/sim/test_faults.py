@@ -13,7 +13,7 @@ from strategies.fakes import FakeRuntime, lora_template
 import ecolora.sim.runner as runner
 from ecolora.config import FaultConfig, load_config
 from ecolora.network.ledger import ByteLedger
-from ecolora.sim.faults import ClientFault, draw_fault
+from ecolora.sim.faults import ClientFault, draw_fault, faulty_runtime
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies import Message, build_strategy
 
@@ -103,6 +103,41 @@ def test_fault_draws_are_seeded_per_round_and_client():
     assert all(0.0 <= f.cut_fraction < 1.0 for f in first if f and f.kind == "upload_failure")
     assert draw_fault(FaultConfig(), 0, 1, 1) is None
     assert draw_fault(FaultConfig(dropout=1.0), 5, 9, 3) == ClientFault("dropout")
+
+
+@pytest.mark.parametrize("method", ["fedit", "fedit+ecolora", "ffa+ecolora", "flora+ecolora", "flasc"])
+def test_nonfinite_lora_is_rejected_with_its_reason_and_changes_nothing_else(monkeypatch, method):
+    """Regression: with sparsification on, top-k raised ValueError on the NaN and the run crashed."""
+    cfg = load_config(None, [f"method={method}", "fed.clients_per_round=3", "ecolora.num_segments=3",
+                             "ecolora.sparsification=fixed", "ecolora.fixed_density=0.5"])
+    *_, rejected_strategy, _, arrived, rows, metrics = _round(cfg, [1, 2, 3], {1: ClientFault("nonfinite")},
+                                                           monkeypatch=monkeypatch)
+    [rejected] = metrics["rejected"]
+    assert rejected["client"] == 1 and rejected["reason"].startswith("non_finite: ")
+    assert sorted(arrived) == [0, 2] and rows[1]["status"].startswith("rejected: non_finite")
+    *_, dropped_strategy, _, _, _, _ = _round(cfg, [1, 2, 3], {1: ClientFault("dropout")}, monkeypatch=monkeypatch)
+    got, expected = rejected_strategy.global_lora(), dropped_strategy.global_lora()
+    assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_nonfinite_client_keeps_neither_its_lora_nor_a_residual(monkeypatch):
+    cfg = load_config(None, ["method=fedit+ecolora", "fed.clients_per_round=2", "ecolora.num_segments=2"])
+    clients = [FakeRuntime(0, 1), FakeRuntime(1, 1)]
+    strategy = build_strategy(cfg, lora_template())
+    messages = strategy.configure_round(1, [0, 1])
+    reply = strategy.client_round(faulty_runtime(clients[1], ClientFault("nonfinite")), messages[1])
+    assert reply.tensors == {} and reply.config["rejected"].startswith("non_finite: ")
+    assert sorted(clients[1].state) == ["view"]  # no local LoRA for eq. 3, no residual
+
+
+def test_nonfinite_draws_come_after_the_other_faults():
+    faults = FaultConfig(dropout=0.2, straggler=0.1, upload_failure=0.1)
+    with_nonfinite = FaultConfig(dropout=0.2, straggler=0.1, upload_failure=0.1, nonfinite=0.5)
+    first = [draw_fault(faults, 0, r, c) for r in range(1, 11) for c in range(50)]
+    second = [draw_fault(with_nonfinite, 0, r, c) for r in range(1, 11) for c in range(50)]
+    assert all(a == b for a, b in zip(first, second, strict=True) if a is not None)  # earlier kinds unchanged
+    share = sum(1 for b in second if b is not None and b.kind == "nonfinite") / len(second)
+    assert share == pytest.approx(0.8 * 0.9 * 0.9 * 0.5, abs=0.05)
 
 
 # ---- norm clipping --------------------------------------------------------------------------------
