@@ -9,10 +9,12 @@ with ``L_0`` the initial loss and ``L_{t-1}`` the last global loss. Early in tra
 ``A`` and ``B`` matrices get their own ``k_min`` and ``gamma``: ``B`` is sparsified harder and
 faster (the paper's defaults ``k_max = 0.95``, ``k_min^A = 0.6``, ``k_min^B = 0.5``).
 
-Default decay rates (our choice; the paper only requires ``gamma_B > gamma_A``): losses are in
-nats and a federated SFT run typically lowers the loss by 0.3 to 1.0, so ``gamma_A = 2`` moves
-``A`` 63% of the way to ``k_min`` after a drop of 0.5 and ``gamma_B = 4`` does so for ``B`` after
-a drop of 0.25. Raise them for faster savings, lower them if accuracy suffers.
+Default decay rates: the paper gives no values for ``gamma`` (Section 3.4 and Appendix A only say
+"use a larger gamma for B"), so ``gamma_A = 1`` and ``gamma_B = 2`` are this project's choice,
+the same in :class:`AdaptiveKConfig` and in ``EcoLoRAConfig`` (``ecolora.gamma_a/gamma_b``).
+Losses are in nats: ``gamma_A = 1`` moves ``A`` 63% of the way to ``k_min`` after a loss drop of
+1.0, ``gamma_B = 2`` does so for ``B`` after a drop of 0.5. Raise them for faster savings, lower
+them if accuracy suffers.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class AdaptiveKConfig:
     k_max: float = field(default=0.95, metadata={"help": "density while the loss is at L_0"})
     k_min_a: float = field(default=0.6, metadata={"help": "floor density of LoRA A"})
     k_min_b: float = field(default=0.5, metadata={"help": "floor density of LoRA B"})
-    gamma_a: float = field(default=2.0, metadata={"help": "decay per nat of loss drop, A"})
-    gamma_b: float = field(default=4.0, metadata={"help": "decay per nat of loss drop, B (> A)"})
+    gamma_a: float = field(default=1.0, metadata={"help": "decay per nat of loss drop, A"})
+    gamma_b: float = field(default=2.0, metadata={"help": "decay per nat of loss drop, B (> A)"})
     fixed_density: float | None = field(
         default=None, metadata={"help": "if set, every matrix uses this density (ablations)"}
     )

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from ecolora.compress import AdaptiveK, AdaptiveKConfig, lora_matrix
+from ecolora.config import EcoLoRAConfig
 
 
 @pytest.mark.parametrize("drop", [0.0, 0.1, 0.25, 0.5, 1.0, 3.0])
 def test_density_follows_equation_4(drop):
     sched = AdaptiveK()
     l0 = 2.0
-    for matrix, k_min, gamma in (("A", 0.6, 2.0), ("B", 0.5, 4.0)):
+    for matrix, k_min, gamma in (("A", 0.6, 1.0), ("B", 0.5, 2.0)):
         expected = k_min + (0.95 - k_min) * math.exp(-gamma * drop)
         assert sched.density(matrix, l0, l0 - drop) == pytest.approx(expected, abs=1e-12)
 
@@ -59,3 +61,11 @@ def test_config_validation_messages():
         AdaptiveK().density("C", 1.0, 1.0)
     with pytest.raises(ValueError, match="losses must be finite"):
         AdaptiveK().density("A", 1.0, float("nan"))
+
+
+def test_schedule_defaults_equal_the_config_defaults():
+    """Regression: AdaptiveKConfig had gamma 2/4 while ecolora.gamma_a/gamma_b were 1/2."""
+    eco, sched = EcoLoRAConfig(), AdaptiveKConfig()
+    for name in ("k_max", "k_min_a", "k_min_b", "gamma_a", "gamma_b"):
+        assert getattr(sched, name) == getattr(eco, name), name
+    assert {f.name for f in dataclasses.fields(AdaptiveKConfig)} >= {"gamma_a", "gamma_b"}
