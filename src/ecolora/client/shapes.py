@@ -72,7 +72,10 @@ def shape_config(name: str, overrides: Mapping[str, int | float | bool] | None =
     unknown = sorted(set(fields) - set(LlamaConfig().to_dict()) - {"rope_theta"})
     if unknown:
         raise ValueError(f"Unknown LlamaConfig field(s) {unknown} for shape model {name!r}.")
-    return LlamaConfig(**fields, bos_token_id=0, eos_token_id=0, pad_token_id=0, use_cache=False)
+    rope = {"rope_type": "default", "rope_theta": float(fields.pop("rope_theta", 10000.0))}
+    return LlamaConfig(
+        **fields, rope_parameters=rope, bos_token_id=0, eos_token_id=0, pad_token_id=0, use_cache=False
+    )
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
