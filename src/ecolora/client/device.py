@@ -18,7 +18,7 @@ import resource
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 import torch
 
@@ -93,12 +93,16 @@ def resolve_dtype(name: str) -> torch.dtype:
     return _TORCH_DTYPES[name]
 
 
-def check_quantization(quantization: str, device: torch.device) -> None:
-    """Raise a one-line ValueError when ``quantization`` cannot run here (no CUDA, no bitsandbytes)."""
-    if quantization not in QUANTIZATIONS:
+def _is_quantization(value: str) -> TypeGuard[Quantization]:
+    return value in QUANTIZATIONS
+
+
+def check_quantization(quantization: str, device: torch.device) -> Quantization:
+    """``quantization`` if it can run here; else a one-line ValueError (no CUDA, no bitsandbytes)."""
+    if not _is_quantization(quantization):
         raise ValueError(f"`model.quantization` must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}.")
     if quantization == "none":
-        return
+        return quantization
     if device.type != "cuda":
         raise ValueError(
             f"model.quantization={quantization} needs a CUDA GPU (bitsandbytes) but the run's device "
@@ -108,6 +112,7 @@ def check_quantization(quantization: str, device: torch.device) -> None:
         raise ValueError(
             f"model.quantization={quantization} needs bitsandbytes: pip install 'ecolora[gpu]'."
         )
+    return quantization
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,8 @@ class Placement:
     ) -> Placement:
         """Resolve config strings (``train.device``, ``model.dtype``, ``model.quantization``)."""
         resolved = resolve_device(device)
-        check_quantization(quantization, resolved)
-        return cls(resolved, resolve_dtype(dtype), quantization, gradient_checkpointing)  # type: ignore[arg-type]
+        checked = check_quantization(quantization, resolved)
+        return cls(resolved, resolve_dtype(dtype), checked, gradient_checkpointing)
 
     @property
     def half(self) -> bool:

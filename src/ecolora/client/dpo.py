@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 
 __all__ = [
     "IGNORE_INDEX",
@@ -217,7 +218,7 @@ def pair_logps(
 
     The reference is ``peft_model`` itself under ``disable_adapter()`` and ``torch.no_grad()``.
     """
-    if not hasattr(peft_model, "disable_adapter"):
+    if not isinstance(peft_model, PeftModel):
         raise TypeError(
             f"DPO needs a peft model (the reference is the model with its adapter disabled), got "
             f"{type(peft_model).__name__}; wrap it with peft.get_peft_model first."

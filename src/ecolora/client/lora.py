@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +79,10 @@ class LoraSettings:
             raise ValueError(f"`dropout` must be a number in [0, 1), got {self.dropout!r}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
-        modules = self.target_modules
-        if isinstance(modules, str):  # "q_proj,v_proj" from a CLI override
-            modules = modules.split(",")
-        modules = tuple(str(m).strip() for m in modules)
+        given: Sequence[str] | str = self.target_modules  # a str: "q_proj,v_proj" from a CLI override
+        if isinstance(given, str):
+            given = given.split(",")
+        modules = tuple(str(m).strip() for m in given)
         if not modules or any(not m for m in modules):
             raise ValueError(
                 "`target_modules` must be a non-empty list of module names such as "
@@ -99,7 +99,7 @@ class LoraSettings:
         """The equivalent ``peft.LoraConfig`` (causal LM, no bias training)."""
         return LoraConfig(
             r=self.r,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft annotates int; a float scales the same
             lora_dropout=self.dropout,
             target_modules=list(self.target_modules),
             bias="none",
@@ -202,14 +202,21 @@ def _lora_params(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]
     params: dict[str, nn.Parameter] = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            params[name + _A_SUFFIX] = module.lora_A[adapter_name].weight
-            params[name + _B_SUFFIX] = module.lora_B[adapter_name].weight
+            params[name + _A_SUFFIX] = _weight(module.lora_A[adapter_name])
+            params[name + _B_SUFFIX] = _weight(module.lora_B[adapter_name])
     if not params:
         raise ValueError(
             f"No LoRA adapter {adapter_name!r} in this model; adapters: {_adapters(model)}. "
             "Call attach_lora(model, settings) first."
         )
     return params
+
+
+def _weight(layer: nn.Module) -> nn.Parameter:
+    weight = layer.weight
+    if not isinstance(weight, nn.Parameter):
+        raise TypeError(f"A LoRA factor must hold a weight parameter, got a {type(layer).__name__}.")
+    return weight
 
 
 def get_lora_state(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:

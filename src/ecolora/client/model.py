@@ -127,7 +127,7 @@ def load_base_model(
     if place.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # type: ignore[no-untyped-call]
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if place.gradient_checkpointing:
         model.config.use_cache = False
         _enable_checkpointing(model)
@@ -148,8 +148,8 @@ def _load_pretrained(name: str, place: Placement) -> tuple[PreTrainedModel, PreT
     """smollm2-135m, tiny-llama, a folder or a hub id, on ``place.device`` (quantized if asked)."""
     if name == TINY_LLAMA:
         tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir(SMOLLM2))
-        model = _build_tiny_llama(tokenizer).to(place.dtype)  # type: ignore[arg-type]
-        return model.to(place.device), tokenizer  # type: ignore[arg-type]
+        model = _build_tiny_llama(tokenizer).to(place.dtype)  # type: ignore[arg-type]  # transformers: @wraps(nn.Module.to) hides the signature
+        return model.to(place.device), tokenizer
     source = str(builtin_model_dir(SMOLLM2)) if name == SMOLLM2 else _resolve_source(name)
     if name != SMOLLM2:
         logger.info("Loading base model %s", source)
@@ -159,7 +159,7 @@ def _load_pretrained(name: str, place: Placement) -> tuple[PreTrainedModel, PreT
         kwargs.update(quantization_config=quant, device_map={"": place.device.index or 0})
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant is None and place.device.type != "cpu":
-        model = model.to(place.device)  # type: ignore[arg-type]
+        model = model.to(place.device)  # type: ignore[arg-type]  # transformers: @wraps(nn.Module.to)
     return model, AutoTokenizer.from_pretrained(source)
 
 
@@ -317,6 +317,8 @@ def _to_plain_llama(gguf_model: PreTrainedModel) -> LlamaForCausalLM:
     config = copy.deepcopy(gguf_model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    if not isinstance(config, LlamaConfig):
+        raise TypeError(f"A GGUF SmolLM2 should load as a Llama model, got a {type(config).__name__}.")
     config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     with torch.device("meta"):
         plain = LlamaForCausalLM(config)
@@ -327,4 +329,5 @@ def _to_plain_llama(gguf_model: PreTrainedModel) -> LlamaForCausalLM:
             module_name, _, attr = name.rpartition(".")
             plain.get_submodule(module_name)._buffers[attr] = source_buffers[name].clone()
     plain.tie_weights()
-    return plain.eval()
+    plain.eval()
+    return plain

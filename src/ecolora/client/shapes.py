@@ -89,7 +89,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens([_EOS])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=_EOS, pad_token=_EOS)  # type: ignore[no-untyped-call]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=_EOS, pad_token=_EOS)
     tokenizer.model_max_length = 1 << 20
     return tokenizer
 
@@ -106,7 +106,7 @@ def build_shape_model(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.device(device):
         torch.manual_seed(SHAPE_SEED)
-        model: LlamaForCausalLM = LlamaForCausalLM._from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+        model: LlamaForCausalLM = LlamaForCausalLM._from_config(config, dtype=dtype)
     logger.warning(
         "%s: %.2fB random parameters on %s (%s); %s",
         name,

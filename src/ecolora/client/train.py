@@ -14,7 +14,7 @@ small LoRA gradients do not underflow. LoRA parameters and AdamW state stay floa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ class LocalTrainer:
                 batch = to_device(host_batch, place.device)
                 with place.autocast():
                     loss, metrics = self.loss_fn(self.model, batch)
-                scaler.scale(loss / self.grad_accum).backward()
+                torch.autograd.backward(scaler.scale(loss / self.grad_accum))
                 step_loss += float(loss.detach()) / self.grad_accum
                 for k, v in metrics.items():
                     extra.setdefault(k, []).append(float(v))
@@ -108,7 +108,7 @@ class LocalTrainer:
             metrics={k: float(np.mean(v)) for k, v in extra.items()},
         )
 
-    def _batches(self, indices: Sequence[int], client_id: int, server_round: int):  # type: ignore[no-untyped-def]
+    def _batches(self, indices: Sequence[int], client_id: int, server_round: int) -> Iterator[dict[str, torch.Tensor]]:
         """Endless shuffled passes over the client's data, seeded by (seed, client, round)."""
         rng = np.random.default_rng([self.seed, client_id, server_round])
         pool = np.asarray(indices)
