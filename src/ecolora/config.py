@@ -35,6 +35,7 @@ __all__ = [
     "EvalConfig",
     "FedConfig",
     "FloraConfig",
+    "LogConfig",
     "LoraConfig",
     "ModelConfig",
     "NetworkConfig",
@@ -330,6 +331,13 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where training metrics go besides metrics.jsonl and the PNG plots."""
+
+    tensorboard: bool = field(default=False, metadata={"help": "Also write TensorBoard scalars to RUN/tensorboard/ (needs ecolora[tensorboard])."})
+
+
+@dataclass
 class RunConfig:
     method: str = field(default="fedit", metadata={"help": "fedit, ffa, flora, each optionally +ecolora."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice in the run."})
@@ -346,6 +354,7 @@ class RunConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         base, _, wrapper = self.method.partition("+")

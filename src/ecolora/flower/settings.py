@@ -8,8 +8,12 @@ run-config key              meaning
 ``config``                  ecolora YAML preset (``configs/smoke.yaml``); relative paths are looked
                             up in the working directory, the installed Flower App (FAB) directory
                             and the ecolora source checkout; ``""``: the built-in defaults
-``overrides``               ecolora ``key=value`` overrides separated by ``;``
-                            (``"method=fedit+ecolora;fed.rounds=2"``), the same keys as ``--set``
+``method``, ``fed.rounds``,  every ecolora config key, flat (the same keys as ``--set``):
+``data.source``, ...        ``flwr run . --run-config "method='fedit+ecolora' fed.rounds=2"``;
+                            ``""`` (the default in pyproject.toml) keeps the preset's value; lists
+                            as ``"q_proj,v_proj"`` or ``"[8, 4]"``
+``overrides``               DEPRECATED: ``key=value`` overrides separated by ``;``
+                            (``"method=fedit+ecolora;fed.rounds=2"``), applied before the flat keys
 ``out-dir``                 run directory written by the ServerApp (config.yaml, metrics.jsonl,
                             summary.json, adapter/, plots/); relative to the ServerApp's cwd
 ``round-timeout``           seconds the ServerApp waits for one round's replies
@@ -23,6 +27,8 @@ Both apps resolve the same keys, so server and clients always build the same :cl
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,9 +37,12 @@ from typing import Any
 
 from ecolora.config import RunConfig, load_config
 
+logger = logging.getLogger("ecolora")
+
 __all__ = [
     "CORRUPT_MODES",
     "FlowerSettings",
+    "config_keys",
     "find_config_file",
     "resolve_settings",
     "split_overrides",
@@ -107,27 +116,46 @@ def split_overrides(text: str) -> list[str]:
     return [part.strip() for part in text.split(";") if part.strip()]
 
 
+def config_keys() -> list[str]:
+    """Every ecolora config key, flat (``method``, ``fed.rounds``, ...): the run-config keys that
+    map onto :class:`RunConfig` fields."""
+    config = RunConfig()
+    keys = []
+    for top in dataclasses.fields(config):
+        section = getattr(config, top.name)
+        if dataclasses.is_dataclass(section):
+            keys += [f"{top.name}.{f.name}" for f in dataclasses.fields(section)]
+        else:
+            keys.append(top.name)
+    return keys
+
+
+_APP_KEYS = ("config", "overrides", "out-dir", "round-timeout", "node-wait", "test-corrupt-partition",
+             "test-corrupt-mode")
+
+
 def resolve_settings(
     run_config: Mapping[str, Any], search: list[Path] | None = None
 ) -> FlowerSettings:
-    """Build :class:`FlowerSettings` from Flower's flat run config (unknown keys are errors)."""
-    known = {
-        "config",
-        "overrides",
-        "out-dir",
-        "round-timeout",
-        "node-wait",
-        "test-corrupt-partition",
-        "test-corrupt-mode",
-    }
-    unknown = sorted(set(run_config) - known)
+    """Build :class:`FlowerSettings` from Flower's flat run config (unknown keys are errors).
+
+    Flat ecolora keys (``fed.rounds = 2``) override the preset; ``""`` leaves a key to the preset.
+    """
+    fields = set(config_keys())
+    unknown = sorted(set(run_config) - set(_APP_KEYS) - fields)
     if unknown:
         raise ValueError(
-            f"Unknown run-config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}."
+            f"Unknown run-config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_APP_KEYS))} "
+            f"and the ecolora config keys ({', '.join(sorted(fields)[:3])}, ...; see `ecolora run --help`)."
         )
     preset = str(run_config.get("config", "") or "")
     path = find_config_file(preset, search) if preset else None
-    config = load_config(path, split_overrides(str(run_config.get("overrides", "") or "")))
+    legacy = split_overrides(str(run_config.get("overrides", "") or ""))
+    if legacy:
+        flat = " ".join(f"{item.split('=', 1)[0].strip()}=..." for item in legacy)
+        logger.warning("run-config `overrides` is deprecated; pass the keys flat: --run-config \"%s\"", flat)
+    flat_overrides = [f"{key}={value}" for key, value in run_config.items() if key in fields and value != ""]
+    config = load_config(path, legacy + flat_overrides)
     return FlowerSettings(
         config=config,
         out_dir=Path(str(run_config.get("out-dir", "runs/flower"))),

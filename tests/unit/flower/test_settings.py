@@ -65,3 +65,36 @@ def test_sampling_matches_the_in_process_draw():
     rng, ref = np.random.default_rng(7), np.random.default_rng(7)
     for _ in range(3):
         assert sample_clients(rng, 10, 4) == [int(c) for c in ref.choice(10, size=4, replace=False)]
+
+
+def _app_defaults() -> dict:
+    import tomllib
+    from flwr.common.config import flatten_dict
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+
+
+def test_flat_run_config_keys_as_flwr_run_passes_them(caplog):
+    from flwr.common.config import fuse_dicts, parse_config_args
+
+    from ecolora.flower.settings import config_keys
+
+    defaults = _app_defaults()
+    assert {k for k in defaults if "." in k or k in ("method", "seed")} <= set(config_keys())
+    overrides = parse_config_args(["method='fedit+ecolora' fed.rounds=2 lora.target_modules='q_proj,k_proj'"])
+    run_config = fuse_dicts(defaults, overrides)  # what Flower hands the apps
+    with caplog.at_level("WARNING", logger="ecolora"):
+        settings = resolve_settings(run_config, search=[ROOT])
+    want = load_config(ROOT / "configs" / "smoke.yaml",
+                       ["method=fedit+ecolora", "fed.rounds=2", "lora.target_modules=[q_proj, k_proj]"])
+    assert settings.config == want
+    assert "deprecated" not in caplog.text
+    assert resolve_settings(defaults, search=[ROOT]).config == load_config(ROOT / "configs" / "smoke.yaml")
+
+
+def test_overrides_string_still_works_with_a_deprecation_notice(caplog):
+    with caplog.at_level("WARNING", logger="ecolora"):
+        settings = resolve_settings({"config": "configs/smoke.yaml", "overrides": "fed.rounds=2"}, search=[ROOT])
+    assert settings.config.fed.rounds == 2
+    assert "run-config `overrides` is deprecated; pass the keys flat" in caplog.text
