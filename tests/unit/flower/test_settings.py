@@ -81,7 +81,10 @@ def test_flat_run_config_keys_as_flwr_run_passes_them(caplog):
     from ecolora.flower.settings import config_keys
 
     defaults = _app_defaults()
-    assert {k for k in defaults if "." in k or k in ("method", "seed")} <= set(config_keys())
+    declared = {k for k in defaults if "." in k or k in ("method", "seed")}
+    missing = sorted(set(config_keys()) - declared)
+    assert not missing, f"declare {missing} with \"\" in [tool.flwr.app.config] of pyproject.toml"
+    assert declared <= set(config_keys())
     overrides = parse_config_args(["method='fedit+ecolora' fed.rounds=2 lora.target_modules='q_proj,k_proj'"])
     run_config = fuse_dicts(defaults, overrides)  # what Flower hands the apps
     with caplog.at_level("WARNING", logger="ecolora"):
