@@ -2,7 +2,8 @@
 
 ``L = -(1 / N) * sum_{b, t : label_{b,t} != -100} log p(label_{b,t} | tokens_{b,<t})`` with ``N``
 the number of labelled tokens over *all* batches, so that every token weighs the same whatever
-the batch it falls in (the mean of per-batch means would over-weight short batches).
+the batch it falls in (the mean of per-batch means would over-weight short batches). The output
+head runs only at the labelled positions (:func:`ecolora.eval.logits.gathered_logps`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ecolora.client.dpo import sequence_logps
+from ecolora.client.dpo import IGNORE_INDEX
+from ecolora.eval.logits import gathered_logps
 
 __all__ = ["held_out_loss", "perplexity"]
 
@@ -36,11 +38,15 @@ def held_out_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.T
                 attention_mask = batch.get("attention_mask")
                 if attention_mask is None:
                     attention_mask = torch.ones_like(input_ids)
-                logps, num_tokens = sequence_logps(
-                    model, input_ids, attention_mask, batch["labels"]
-                )
-                total_nll -= float(logps.sum())
-                total_tokens += int(num_tokens.sum())
+                targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
+                rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,), (N,)
+                if rows.numel() == 0:
+                    continue
+                logps = gathered_logps(
+                    model, input_ids, attention_mask, rows, cols, targets[rows, cols]
+                )  # (N,)
+                total_nll -= float(logps.double().sum())
+                total_tokens += int(rows.numel())
     finally:
         model.train(was_training)
     if total_tokens == 0:

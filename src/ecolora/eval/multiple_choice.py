@@ -13,8 +13,14 @@ The method of lm-evaluation-harness (Gao et al. 2021-2024) and BIG-bench's
    lm-eval's ``acc_norm`` up to characters vs bytes (equal for ASCII). It removes the bias towards
    short choices, whose fewer tokens collect less negative log-likelihood.
 
-All (item, choice) sequences are sorted by length and scored ``batch_size`` sequences per forward
-pass, right-padded; ties go to the lowest choice index.
+Fast path (default, ``shared_prefix=True``): all choices of an item are packed into one sequence
+``[question, c_1, ..., c_K]`` with a tree attention mask (:func:`ecolora.eval.logits.score_prefix_groups`),
+so each question is computed once for all its choices, and the output head runs only at the scored
+positions. ``batch_size`` items go into one forward pass. An item whose question must be cut
+to fit ``max_seq_len`` is scored per choice (each choice cuts its own context, as before).
+Reference path (``shared_prefix=False``): every (item, choice) sequence on its own, sorted by
+length, ``batch_size`` sequences per pass. Both give the same scores up to float rounding (tested);
+ties go to the lowest choice index.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 
 from ecolora.client.dpo import IGNORE_INDEX, sequence_logps
+from ecolora.eval.logits import PrefixGroup, score_prefix_groups
 
 __all__ = ["ChoiceScores", "choice_logprobs", "score_multiple_choice", "validate_items"]
 
@@ -114,6 +121,23 @@ def _encode_requests(
     return requests
 
 
+def _prefix_groups(
+    requests: list[tuple[list[int], int]], items: Sequence[Mapping[str, Any]]
+) -> list[PrefixGroup]:
+    """One group per item (its choices share the context), or one per choice when cut differently."""
+    groups, pos = [], 0
+    for item in items:
+        chunk = requests[pos : pos + len(item["choices"])]
+        pos += len(chunk)
+        prefixes = [ids[: len(ids) - n] for ids, n in chunk]
+        conts = [ids[len(ids) - n :] for ids, n in chunk]
+        if all(p == prefixes[0] for p in prefixes):
+            groups.append(PrefixGroup(prefixes[0], conts))
+        else:  # contexts cut from the left by different amounts
+            groups += [PrefixGroup(p, [c]) for p, c in zip(prefixes, conts, strict=True)]
+    return groups
+
+
 def _score_requests(
     model: torch.nn.Module, requests: list[tuple[list[int], int]], batch_size: int, pad_id: int
 ) -> list[float]:
@@ -145,11 +169,14 @@ def choice_logprobs(
     *,
     batch_size: int = 8,
     max_seq_len: int | None = None,
+    shared_prefix: bool = True,
 ) -> list[ChoiceScores]:
     """Log-likelihood of every choice of every item (see the module docstring).
 
     Args:
-        batch_size: (item, choice) sequences per forward pass.
+        batch_size: items (shared prefix) or (item, choice) sequences per forward pass.
+        shared_prefix: score each context once for all its choices (fast); False: the
+            per-choice reference scorer.
         max_seq_len: longest sequence; longer contexts are cut from the left. Default: the model's
             ``max_position_embeddings`` (or 2048).
     """
@@ -165,7 +192,11 @@ def choice_logprobs(
     model.eval()
     try:
         with torch.inference_mode():
-            scores = _score_requests(model, requests, batch_size, pad_id)
+            if shared_prefix:
+                groups = _prefix_groups(requests, items)
+                scores = [v for g in score_prefix_groups(model, groups, batch_size, pad_id) for v in g]
+            else:
+                scores = _score_requests(model, requests, batch_size, pad_id)
     finally:
         model.train(was_training)
     results, pos = [], 0
@@ -190,6 +221,7 @@ def score_multiple_choice(
     *,
     batch_size: int = 8,
     max_seq_len: int | None = None,
+    shared_prefix: bool = True,
 ) -> dict[str, float]:
     """Accuracy of log-likelihood multiple-choice scoring over ``items``.
 
@@ -203,7 +235,8 @@ def score_multiple_choice(
     if not items:
         raise ValueError("score_multiple_choice got no items.")
     scored = choice_logprobs(
-        model, tokenizer, items, batch_size=batch_size, max_seq_len=max_seq_len
+        model, tokenizer, items, batch_size=batch_size, max_seq_len=max_seq_len,
+        shared_prefix=shared_prefix,
     )
     n = len(scored)
     return {
