@@ -301,6 +301,8 @@ def evaluate(
     model: Annotated[str | None, typer.Option(help="Base model (default: from the run's config.yaml, else smollm2-135m).")] = None,
     limit: Annotated[int | None, typer.Option(help="Items per task.")] = None,
     path: Annotated[str | None, typer.Option(help="Local file for suites in a hub schema.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Items (multiple choice, each question computed once for all its choices) or examples per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:N or mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
@@ -311,7 +313,10 @@ def evaluate(
 
     with expected_failures(debug):
         try:
-            result = evaluate_adapter(adapter=adapter, suite=suite, model=model, limit=limit, path=path)
+            result = evaluate_adapter(
+                adapter=adapter, suite=suite, model=model, limit=limit, path=path,
+                batch_size=batch_size, device=device,
+            )
         except ValueError as exc:
             _fail(str(exc))
     typer.echo(json.dumps(result, indent=2) if as_json else format_result(result))

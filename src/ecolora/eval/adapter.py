@@ -12,6 +12,7 @@ import torch
 import yaml
 from peft import PeftModel
 
+from ecolora.client.device import Placement, resolve_device
 from ecolora.client.lora import LoraSettings, attach_lora
 from ecolora.client.model import load_base_model
 from ecolora.eval.harness import evaluate_with_lm_eval
@@ -35,14 +36,16 @@ def _base_name(adapter: Path | None, model: str | None) -> str:
     return "smollm2-135m"
 
 
-def load_model_with_adapter(adapter: Path | None, model: str | None = None) -> tuple[Any, Any, str]:
-    """The base model (named, or from the run's config.yaml) with ``adapter`` loaded on top.
+def load_model_with_adapter(
+    adapter: Path | None, model: str | None = None, device: str = "cpu"
+) -> tuple[Any, Any, str]:
+    """The base model (named, or from the run's config.yaml) on ``device`` with ``adapter`` on top.
 
     Without an adapter the base model is wrapped in an empty LoRA so that suites that need a
     peft model (preference accuracy uses the adapter-disabled model as reference) work too.
     """
     name = _base_name(adapter, model)
-    base, tokenizer = load_base_model(name)
+    base, tokenizer = load_base_model(name, placement=Placement(device=resolve_device(device)))
     if adapter is None:
         return attach_lora(base, LoraSettings()), tokenizer, name
     adapter = Path(adapter)
@@ -61,8 +64,10 @@ def evaluate_adapter(
     limit: int | None = None,
     path: str | None = None,
     batch_size: int = 8,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run one suite; returns the suite's scores plus what was evaluated.
+    """Run one suite on ``device`` (auto, cpu, cuda, cuda:N, mps); returns the scores and what was
+    evaluated. ``batch_size``: items (multiple choice) or examples (loss) per forward pass.
 
     ``heldout`` scores the held-out split of the run in ``path`` (default: the folder above
     ``adapter``); ``lm-eval:TASK[,TASK...]`` runs lm-evaluation-harness tasks (optional package).
@@ -70,18 +75,21 @@ def evaluate_adapter(
     start = time.perf_counter()
     if suite.startswith(LM_EVAL_PREFIX):
         tasks = [t for t in suite[len(LM_EVAL_PREFIX):].split(",") if t]
-        scores = evaluate_with_lm_eval(_base_name(adapter, model), adapter, tasks, limit, batch_size=batch_size)
+        scores = evaluate_with_lm_eval(
+            _base_name(adapter, model), adapter, tasks, limit, batch_size=batch_size,
+            device=str(resolve_device(device)),
+        )
         result: dict[str, Any] = {"suite": suite, "kind": "lm-eval", "tasks": scores}
     elif suite == "heldout":
         run_dir = Path(path) if path else Path(adapter).parent if adapter else None
         if run_dir is None:
             raise ValueError("The heldout suite scores a run's own held-out split: pass --adapter RUN/adapter or --path RUN.")
-        peft_model, tokenizer, name = load_model_with_adapter(adapter, model)
+        peft_model, tokenizer, name = load_model_with_adapter(adapter, model, device)
         with torch.no_grad():
             result = run_heldout(peft_model, tokenizer, run_dir, batch_size=batch_size)
     else:
         get_suite(suite)  # unknown names fail before the model loads
-        peft_model, tokenizer, name = load_model_with_adapter(adapter, model)
+        peft_model, tokenizer, name = load_model_with_adapter(adapter, model, device)
         with torch.no_grad():
             result = run_suite(suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path)
     result.update(

@@ -28,6 +28,15 @@ def test_multiple_choice_scores_match(tokenizer: PreTrainedTokenizerFast, model:
         assert (a.prediction, a.prediction_norm) == (b.prediction, b.prediction_norm)
 
 
+def test_fast_scorer_on_cuda_matches_reference_on_cpu(
+    tokenizer: PreTrainedTokenizerFast, model: LlamaForCausalLM
+) -> None:
+    reference = choice_logprobs(model, tokenizer, ITEMS, batch_size=4, shared_prefix=False)
+    fast = choice_logprobs(copy.deepcopy(model).to("cuda"), tokenizer, ITEMS, batch_size=2)
+    for a, b in zip(reference, fast, strict=True):
+        assert b.logprobs == pytest.approx(a.logprobs, rel=1e-4, abs=1e-4)
+
+
 def test_held_out_loss_matches(tokenizer: PreTrainedTokenizerFast, model: LlamaForCausalLM) -> None:
     rows = [{"instruction": "what is the capital of france ?", "input": "", "output": "paris"}] * 3
     examples = [encode_sft(tokenizer, r, 32) for r in rows]
