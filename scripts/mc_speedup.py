@@ -49,10 +49,10 @@ def main() -> None:
         "old_acc_norm": sum(s.prediction_norm == s.answer for s in old) / n,
         "new_acc_norm": sum(s.prediction_norm == s.answer for s in new) / n,
         "same_predictions": all(
-            (a.prediction, a.prediction_norm) == (b.prediction, b.prediction_norm) for a, b in zip(old, new)
+            (a.prediction, a.prediction_norm) == (b.prediction, b.prediction_norm) for a, b in zip(old, new, strict=True)
         ),
         "max_abs_logprob_diff": max(
-            abs(x - y) for a, b in zip(old, new) for x, y in zip(a.logprobs, b.logprobs)
+            abs(x - y) for a, b in zip(old, new, strict=True) for x, y in zip(a.logprobs, b.logprobs, strict=True)
         ),
     }
     print(json.dumps(result, indent=2))
