@@ -158,6 +158,9 @@ class _EventLoop:
     the jobs in flight train concurrently while the event order stays the simulated one exactly.
     """
 
+    links: dict[int, LinkProfile]  # client -> its link (simulated clock only)
+    factors: dict[int, float]  # client -> its compute-speed factor (simulated clock only)
+
     def __init__(self, config: RunConfig, setup: RunSetup, work: ClientExecutor, ledger: ByteLedger) -> None:
         self.config, self.setup, self.work, self.ledger = config, setup, work, ledger
         self.rng = np.random.default_rng(config.seed)
