@@ -24,7 +24,14 @@ ROWS = [
 
 
 def build_peft(placement: Placement, name: str = "smollm2-135m-shape") -> tuple[Any, Any]:
-    model, tokenizer = load_base_model(name, placement=placement, shape_overrides=TINY_SHAPE)
+    """Shape weights are drawn on the target device, and CUDA's generator gives other numbers than
+    the CPU's: accelerator runs build on the CPU in float32 and move, so every placement starts from
+    the same weights and the comparisons measure the device and dtype, not the draw."""
+    if placement.device.type == "cpu":
+        model, tokenizer = load_base_model(name, placement=placement, shape_overrides=TINY_SHAPE)
+    else:
+        model, tokenizer = load_base_model(name, placement=Placement(), shape_overrides=TINY_SHAPE)
+        model.to(device=placement.device, dtype=placement.dtype)
     return attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0), tokenizer
 
 
