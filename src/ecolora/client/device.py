@@ -13,6 +13,7 @@ tensors to host float32 before the codec and the byte ledger see them (one copy 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import resource
 import sys
@@ -30,6 +31,7 @@ __all__ = [
     "Placement",
     "QUANTIZATIONS",
     "Quantization",
+    "apply_node_device",
     "check_quantization",
     "peak_memory_bytes",
     "placement_from_config",
@@ -162,6 +164,19 @@ def placement_from_config(config: RunConfig) -> Placement:
         config.model.quantization,
         config.train.gradient_checkpointing,
     )
+
+
+def apply_node_device(config: RunConfig, node_config: Mapping[str, Any]) -> RunConfig:
+    """``config`` with ``train.device`` taken from a Flower SuperNode's ``device`` node-config key.
+
+    ``flower-supernode --node-config 'partition-id=0 num-partitions=2 device="cuda:1"'`` runs
+    that node's ClientApp on GPU 1 whatever the run config says; without the key, unchanged.
+    """
+    if "device" not in node_config:
+        return config
+    device = str(node_config["device"])
+    train = dataclasses.replace(config.train, device=device)  # validates the spelling
+    return dataclasses.replace(config, train=train)
 
 
 def shape_overrides(config: RunConfig) -> dict[str, int] | None:

@@ -1,5 +1,8 @@
 """The Flower ClientApp: one ecolora client per SuperNode, running ``Strategy.client_round``.
 
+* Device: ``train.device`` of the run config (``auto``: the GPU Flower's simulation backend gave
+  this actor via ``client-resources-num-gpus``, else the CPU), or the SuperNode's own ``device``
+  node-config key (:func:`ecolora.client.device.apply_node_device`).
 * Partition: ``node_config["partition-id"]`` (``flower-supernode --node-config "partition-id=0
   num-partitions=2"`` in deployment; the simulation engine sets it from its virtual node ids).
 * Model: built once per process by :func:`ecolora.sim.setup.build_setup` (same seeds as the
@@ -25,6 +28,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from ecolora.client.device import apply_node_device
 from ecolora.config import RunConfig
 from ecolora.flower.records import (
     CARRIED_STATE,
@@ -100,7 +104,7 @@ def train(msg: Message, context: Context) -> Message:
     """One round of local work for this node's partition."""
     start = time.perf_counter()
     settings = resolve_settings(context.run_config)
-    setup, reused = cached_setup(settings.config)
+    setup, reused = cached_setup(apply_node_device(settings.config, context.node_config))
     setup_s = time.perf_counter() - start
     content = run_client_round(
         setup,

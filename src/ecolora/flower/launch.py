@@ -36,6 +36,7 @@ __all__ = [
     "register_supernode",
     "run_config_args",
     "simulate",
+    "simulation_config",
     "write_connection",
 ]
 
@@ -298,14 +299,35 @@ def flwr_run(
     )
 
 
+def simulation_config(
+    num_supernodes: int, num_cpus: int | None = None, num_gpus: float | None = None
+) -> dict[str, object]:
+    """``flwr run --federation-config`` keys of Flower's simulation backend.
+
+    ``num_gpus`` is each ClientApp actor's share of a GPU (Ray ``client-resources``): 0.5 puts two
+    actors on each GPU, 1.0 one; Ray then sets the actor's ``CUDA_VISIBLE_DEVICES`` so that
+    ``train.device=auto`` (or ``cuda``) is that GPU. ``num_cpus``: CPU cores per actor.
+    """
+    if num_gpus is not None and num_gpus < 0:
+        raise ValueError(f"num_gpus (client-resources) must be >= 0, got {num_gpus}.")
+    config: dict[str, object] = {"num-supernodes": num_supernodes}
+    if num_cpus is not None:
+        config["client-resources-num-cpus"] = num_cpus
+    if num_gpus is not None:
+        config["client-resources-num-gpus"] = float(num_gpus)
+    return config
+
+
 def simulate(
     app_dir: Path,
     work_dir: Path,
     run_config: Mapping[str, object],
     num_supernodes: int,
     timeout_s: float = 600,
+    num_gpus: float | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], str, float]:
-    """``flwr run`` on a private simulation-mode SuperLink (Ray, ``num_supernodes`` virtual nodes).
+    """``flwr run`` on a private simulation-mode SuperLink (Ray, ``num_supernodes`` virtual nodes,
+    each ClientApp actor with ``num_gpus`` of a GPU when given, see :func:`simulation_config`).
 
     FLWR_HOME and the process logs live under ``work_dir``; the SuperLink is stopped on return.
     Returns ``flwr run``'s result, the SuperLink's log and the wall time in seconds (judge the run by
@@ -317,6 +339,7 @@ def simulate(
         port = free_port()
         superlink = procs.superlink(port, simulation=True)
         write_connection(home, "sim", f"127.0.0.1:{port}")
-        proc = flwr_run(app_dir, "sim", home, run_config, {"num-supernodes": num_supernodes}, timeout_s=timeout_s)
+        federation = simulation_config(num_supernodes, num_gpus=num_gpus)
+        proc = flwr_run(app_dir, "sim", home, run_config, federation, timeout_s=timeout_s)
         wall_s = time.perf_counter() - start
         return proc, superlink.log(), wall_s
