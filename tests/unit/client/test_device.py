@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_run import TINY_SHAPE, build_peft, train_tiny
 
+from ecolora.client import model as model_mod
 from ecolora.client.device import (
     Placement,
     check_quantization,
@@ -15,9 +18,11 @@ from ecolora.client.device import (
     resolve_dtype,
     to_device,
 )
-from ecolora.client.model import load_base_model
+from ecolora.client.model import check_model_fits_device, estimate_num_parameters, load_base_model
 from ecolora.client.shapes import SHAPE_MODELS, byte_tokenizer, shape_config
 from ecolora.config import ConfigError, load_config
+from ecolora.rundir import SetupError
+from ecolora.sim.setup import build_setup
 
 CPU = torch.device("cpu")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
@@ -163,3 +168,26 @@ def test_gradient_checkpointing_is_enabled_on_the_model() -> None:
     peft_model, _ = build_peft(Placement(gradient_checkpointing=True))
     base = peft_model.base_model.model
     assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+
+
+# ---------------------------------------------------------------- large models on the CPU
+
+
+def test_large_model_on_cpu_is_refused_unless_forced() -> None:
+    with pytest.raises(ValueError, match=r"'llama2-7b-shape' has 6.7B parameters \(> 1B\) .* pass --force"):
+        check_model_fits_device("llama2-7b-shape", Placement())
+    check_model_fits_device("llama2-7b-shape", Placement(), force=True)
+    check_model_fits_device("llama2-7b-shape", Placement(device=torch.device("cuda", 0)))
+    check_model_fits_device("llama2-7b-shape", Placement(), shape_overrides=TINY_SHAPE)
+    check_model_fits_device("tiny-llama", Placement())
+
+
+def test_paper_preset_is_refused_on_cpu_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("offline")
+
+    monkeypatch.setattr(model_mod.AutoConfig, "from_pretrained", offline)
+    config = load_config(Path(__file__).parents[3] / "configs/paper/fedit_ecolora_dolly.yaml", ["train.device=cpu"])
+    assert estimate_num_parameters(config.model.name) == 7_000_000_000  # from the name's size tag
+    with pytest.raises(SetupError, match="has 7.0B parameters"):
+        build_setup(config)
