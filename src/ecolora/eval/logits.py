@@ -40,7 +40,8 @@ def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
 
     A peft model's LoRA layers live inside the base model's modules, so its body applies them.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if get_base is not None else model
     get_decoder = getattr(base, "get_decoder", None)
     get_head = getattr(base, "get_output_embeddings", None)
     if get_decoder is None or get_head is None:
@@ -80,7 +81,8 @@ def gathered_logps(
     else:
         hidden = split[0](**inputs).last_hidden_state  # (B, T, H)
         logits = split[1](hidden[rows, cols]).float()  # (N, V): the head at scored positions only
-    return logits.log_softmax(-1).gather(1, targets.to(device).unsqueeze(1)).squeeze(1)  # (N,)
+    logps: torch.Tensor = logits.log_softmax(-1).gather(1, targets.to(device).unsqueeze(1)).squeeze(1)
+    return logps  # (N,)
 
 
 def score_prefix_groups(
@@ -141,8 +143,8 @@ def _pack(
             owner += 1
             offset += n
     mask = _tree_mask(segment, dtype)
-    as_long = lambda v: torch.as_tensor(v, dtype=torch.long)  # noqa: E731
-    return input_ids, position_ids, mask, as_long(rows), as_long(cols), as_long(targets), as_long(owners)
+    rows_t, cols_t, targets_t, owners_t = (torch.as_tensor(v, dtype=torch.long) for v in (rows, cols, targets, owners))
+    return input_ids, position_ids, mask, rows_t, cols_t, targets_t, owners_t
 
 
 def _tree_mask(segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
