@@ -56,9 +56,10 @@ DataFormat = Literal["auto", "dolly", "alpaca", "messages", "text"]
 PromptTemplate = Literal["auto", "chat", "alpaca", "plain"]
 Objective = Literal["sft", "dpo"]
 WireDtype = Literal["float16", "float32"]
-SparsifyTarget = Literal["update", "params"]
+EcoAggregate = Literal["delta", "paper"]
 Sparsification = Literal["adaptive", "fixed", "none"]
-SparseEncoding = Literal["golomb", "coo"]
+SparseEncoding = Literal["golomb", "coo", "coo32"]
+ValueCoding = Literal["auto", "raw", "exponent"]
 TopkScope = Literal["tensor", "global"]
 Divergence = Literal["kl", "tv"]
 Clock = Literal["simulated", "wall"]
@@ -194,23 +195,30 @@ class EcoLoRAConfig:
     k_min_b: float = field(default=0.5, metadata={"help": "Lowest density for LoRA B."})
     gamma_a: float = field(default=1.0, metadata={"help": "Decay rate of A's density with loss progress."})
     gamma_b: float = field(default=2.0, metadata={"help": "Decay rate of B's density (paper: larger than A's)."})
-    sparsify: SparsifyTarget = field(default="update", metadata={"help": "What top-k sees: update (local minus received) or params (paper literal)."})
+    aggregate: EcoAggregate = field(default="delta", metadata={"help": "delta: clients send updates, the server adds their mean and keeps a download replica; paper: eqs. 2-6 literally on parameters (explicit masks, per-client download state). See docs/usage.md."})
     segments: bool = field(default=True, metadata={"help": "Ablation switch: round-robin segment sharing."})
     sparsification: Sparsification = field(default="adaptive", metadata={"help": "adaptive, fixed (same budget) or none."})
-    fixed_density: float = field(default=0.6, metadata={"help": "Density for sparsification=fixed."})
-    encoding: SparseEncoding = field(default="golomb", metadata={"help": "golomb (auto lossless format) or coo (int32 indices + fp16)."})
+    fixed_density: float | None = field(default=None, metadata={"help": "Density for sparsification=fixed: the adaptive run's budget (mean upload_density of its metrics.jsonl; Table 3)."})
+    encoding: SparseEncoding = field(default="golomb", metadata={"help": "Positions: golomb (lossless coding, the smallest format per tensor), coo (16-bit indices: the paper's 'w/o encoding') or coo32 (int32 indices)."})
+    value_coding: ValueCoding = field(default="auto", metadata={"help": "Values: auto (fp16, exponent-coded where smaller), raw (fp16 words) or exponent (always exponent-coded)."})
     download_sparsification: bool = field(default=True, metadata={"help": "Also sparsify server->client messages."})
     error_feedback: bool = field(default=True, metadata={"help": "Keep residuals of what top-k dropped (eqs. 5-6)."})
 
     def __post_init__(self) -> None:
         _check(self.num_segments >= 1, f"`ecolora.num_segments` must be >= 1, got {self.num_segments}.")
         _check(self.beta >= 0, f"`ecolora.beta` must be >= 0, got {self.beta}.")
-        for name in ("k_max", "k_min_a", "k_min_b", "fixed_density"):
+        for name in ("k_max", "k_min_a", "k_min_b"):
             _in_range(f"ecolora.{name}", getattr(self, name), 0.0, 1.0)
+        if self.fixed_density is not None:
+            _in_range("ecolora.fixed_density", self.fixed_density, 0.0, 1.0)
+        _check(self.sparsification != "fixed" or self.fixed_density is not None,
+               "`ecolora.fixed_density` must be set with sparsification=fixed: Table 3 fixes the adaptive run's budget, "
+               "its mean `upload_density` (metrics.jsonl; ecolora.compress.budget_density), got null.")
         _check(self.k_min_a <= self.k_max and self.k_min_b <= self.k_max, f"`ecolora.k_min_a` and `k_min_b` must be <= k_max ({self.k_max}), got {self.k_min_a} and {self.k_min_b}.")
-        _check(self.sparsify in ("update", "params"), f"`ecolora.sparsify` must be update or params, got {self.sparsify!r}.")
+        _check(self.aggregate in ("delta", "paper"), f"`ecolora.aggregate` must be delta or paper, got {self.aggregate!r}.")
+        _check(self.value_coding in ("auto", "raw", "exponent"), f"`ecolora.value_coding` must be auto, raw or exponent, got {self.value_coding!r}.")
         _check(self.sparsification in ("adaptive", "fixed", "none"), f"`ecolora.sparsification` must be adaptive, fixed or none, got {self.sparsification!r}.")
-        _check(self.encoding in ("golomb", "coo"), f"`ecolora.encoding` must be golomb or coo, got {self.encoding!r}.")
+        _check(self.encoding in ("golomb", "coo", "coo32"), f"`ecolora.encoding` must be golomb, coo or coo32, got {self.encoding!r}.")
 
 
 @dataclass
@@ -384,7 +392,7 @@ def _check_method_sections(config: RunConfig, base: str, wrapper: str) -> None:
     if base == "fedbuff":
         _check(config.fedbuff.concurrency <= config.fed.num_clients, f"`fedbuff.concurrency` must be <= fed.num_clients ({config.fed.num_clients}), got {config.fedbuff.concurrency}.")
         _check(config.fedbuff.clock == "wall" or config.fedbuff.link is not None or len(config.network.scenarios) > 0, "`fedbuff` needs a client link: set fedbuff.link (e.g. 1/5) or network.scenarios.")
-        _check(not wrapper or config.ecolora.sparsify == "update", f"`fedbuff+ecolora` needs ecolora.sparsify=update (asynchronous updates are deltas), got {config.ecolora.sparsify!r}.")
+        _check(not wrapper or config.ecolora.aggregate == "delta", f"`fedbuff+ecolora` needs ecolora.aggregate=delta (asynchronous updates are deltas), got {config.ecolora.aggregate!r}.")
 
 
 def _build(cls: type[_Section], data: Mapping[str, Any], prefix: str) -> _Section:

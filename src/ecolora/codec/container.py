@@ -32,6 +32,7 @@ from ecolora.codec.errors import CodecError
 from ecolora.codec.manifest import (
     BITMAP,
     COO,
+    COO16,
     DENSE,
     ENCODING_NAMES,
     EXPONENT,
@@ -56,7 +57,7 @@ __all__ = ["FORMAT_VERSION", "MAGIC", "describe", "pack", "unpack"]
 
 FORMAT_VERSION = 1
 MAGIC = b"ECLR"
-ENCODINGS = ("auto", "dense", "bitmap", "golomb", "coo")
+ENCODINGS = ("auto", "dense", "bitmap", "golomb", "coo", "coo16")
 VALUE_CODINGS = ("auto", "raw", "exponent")
 _WIRE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MIN_PAYLOAD = len(MAGIC) + 2 + 1 + 1 + 4
@@ -78,8 +79,9 @@ def pack(
             float input narrower than it travels in its own dtype. Narrowing rounds to nearest;
             a finite value that would overflow raises :class:`CodecError`.
         encoding: ``"auto"`` (smallest per tensor), or force ``"dense"`` (raw values, the
-            uncompressed baseline), ``"bitmap"``, ``"golomb"`` or ``"coo"`` (int32 indices and
-            raw values: the "without encoding" ablation).
+            uncompressed baseline), ``"bitmap"``, ``"golomb"``, ``"coo"`` (int32 indices and
+            raw values) or ``"coo16"`` (uint16 indices and raw values, tensors of at most 2**16
+            elements: the EcoLoRA paper's "without encoding" positions).
         value_coding: how bitmap/golomb values travel: ``"auto"`` (smaller of the two),
             ``"raw"`` (wire words as is) or ``"exponent"`` (exponent field entropy-coded).
 
@@ -141,7 +143,7 @@ def unpack(
 def describe(payload: bytes | bytearray | memoryview, *, max_numel: int = 2**31) -> list[dict[str, Any]]:
     """Validate a payload's header and manifest and list one dict per tensor, in order.
 
-    Keys: name, shape, dtype, wire_dtype, encoding (dense/bitmap/golomb/coo), coded (which
+    Keys: name, shape, dtype, wire_dtype, encoding (dense/bitmap/golomb/coo/coo16), coded (which
     positions the Golomb streams list: "nonzeros"/"zeros"/None), nnz (values sent), coder_param
     (Golomb M or None), value_coding (raw/exponent), value_param (exponent-rank M or None),
     num_bytes (body bytes), position_num_bytes (the part of num_bytes naming positions; values
@@ -256,7 +258,7 @@ def _encode_tensor(
     # Values: raw, or exponent-coded when it is smaller (or forced).
     vcoding, plan = RAW, None
     value_bytes = nnz * wire.itemsize
-    usable = wire.can_code_exponent and nnz > 0 and encoding != "coo" and value_coding != "raw"
+    usable = wire.can_code_exponent and nnz > 0 and encoding not in ("coo", "coo16") and value_coding != "raw"
     if usable:
         plan = plan_exponent_coding(values, wire)
         if value_coding == "exponent" or plan.num_bytes + plan.manifest_bytes < value_bytes:
@@ -266,6 +268,10 @@ def _encode_tensor(
         if numel >= 2**31:
             raise CodecError(f"tensor {name!r}: coo needs fewer than 2**31 elements, got {numel}")
         chosen = COO
+    elif encoding == "coo16":
+        if numel > 2**16:
+            raise CodecError(f"tensor {name!r}: coo16 needs at most 2**16 elements, got {numel}; use coo (int32)")
+        chosen = COO16
     else:
         pos_plan = plan_positions(nonzero, nnz, index)
         sizes = {
@@ -285,6 +291,9 @@ def _encode_tensor(
     elif chosen == COO:
         coo = np.flatnonzero(nonzero) if index is None else index
         sections = [coo.astype("<i4").view(np.uint8)]
+    elif chosen == COO16:
+        coo = np.flatnonzero(nonzero) if index is None else index
+        sections = [coo.astype("<u2").view(np.uint8)]
     else:
         unary, rem = encode_positions(pos_plan, nonzero)
         entry.params = (pos_plan.golomb_m, unary.size, rem.size)
@@ -372,8 +381,8 @@ def _decode_tensor(entry: Entry, sections: list[np.ndarray]) -> torch.Tensor:
             index = np.flatnonzero(np.unpackbits(sections[0], count=numel).view(bool))
             if index.size != nnz:
                 raise CodecError(f"{what}: bitmap has {index.size} set bits, nnz is {nnz}")
-        elif entry.encoding == COO:
-            index = sections[0].view("<i4").astype(np.int64)
+        elif entry.encoding in (COO, COO16):
+            index = sections[0].view("<i4" if entry.encoding == COO else "<u2").astype(np.int64)
             if nnz and (index[0] < 0 or index[-1] >= numel or np.any(np.diff(index) <= 0)):
                 raise CodecError(f"{what}: coo indices must be strictly increasing in [0, {numel})")
         else:

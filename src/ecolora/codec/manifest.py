@@ -30,6 +30,7 @@ from ecolora.codec.values import DTYPES, DtypeSpec
 __all__ = [
     "BITMAP",
     "COO",
+    "COO16",
     "DENSE",
     "ENCODING_NAMES",
     "EXPONENT",
@@ -45,8 +46,8 @@ __all__ = [
     "write_entry",
 ]
 
-DENSE, BITMAP, GOLOMB_NONZEROS, GOLOMB_ZEROS, COO = 0, 1, 2, 3, 4
-ENCODING_NAMES = ("dense", "bitmap", "golomb", "golomb", "coo")
+DENSE, BITMAP, GOLOMB_NONZEROS, GOLOMB_ZEROS, COO, COO16 = 0, 1, 2, 3, 4, 5
+ENCODING_NAMES = ("dense", "bitmap", "golomb", "golomb", "coo", "coo16")
 RAW, EXPONENT = 0, 1
 VALUE_CODING_NAMES = ("raw", "exponent")
 MAX_NDIM = 32
@@ -132,7 +133,7 @@ def read_entry(
     spec, wire = _read_dtypes(reader.u8(f"{where} dtype byte"), where)
     coding = reader.u8(f"{where} coding byte")
     encoding, value_coding = coding & 0x0F, coding >> 4
-    if encoding > COO or value_coding > EXPONENT:
+    if encoding > COO16 or value_coding > EXPONENT:
         raise CodecError(f"{where}: unknown coding byte 0x{coding:02x}")
     ndim = reader.varint(f"{where} ndim", MAX_NDIM)
     shape = tuple(reader.varint(f"{where} dim {i}", max_dim) for i in range(ndim))
@@ -170,7 +171,7 @@ def _read_dtypes(byte: int, where: str) -> tuple[DtypeSpec, DtypeSpec]:
 
 def _read_exponent_table(reader: Reader, entry: Entry, where: str) -> None:
     wire = entry.wire
-    if entry.encoding in (DENSE, COO) or not wire.can_code_exponent or entry.nnz == 0:
+    if entry.encoding in (DENSE, COO, COO16) or not wire.can_code_exponent or entry.nnz == 0:
         raise CodecError(f"{where}: exponent value coding is not allowed here")
     num_symbols = 1 << wire.exponent_bits
     k = reader.varint(f"{where} exponent table size", num_symbols)
@@ -197,6 +198,8 @@ def section_sizes(entry: Entry) -> list[int]:
         positions = [num_field_bytes(numel, 1)]
     elif entry.encoding == COO:
         positions = [4 * nnz]
+    elif entry.encoding == COO16:
+        positions = [2 * nnz]
     else:
         positions = [entry.params[1], entry.params[2]]
     if entry.value_coding == RAW:

@@ -5,10 +5,12 @@ round-robin segments, the download replica and error-feedback residuals, held to
 from ecolora.compress.ecolora import (
     DensityFn,
     EcoLoRACompressor,
+    budget_density,
     density_fn,
     density_schedule,
     is_lora_a,
 )
+from ecolora.compress.masked import MASK_SUFFIX, MaskedTensor
 from ecolora.compress.replica import DownloadReplica
 from ecolora.compress.schedule import AdaptiveK, AdaptiveKConfig, lora_matrix
 from ecolora.compress.segments import SegmentLayout, assign_segment
@@ -16,6 +18,7 @@ from ecolora.compress.state import SCOPES, ErrorFeedback, compress_owned
 from ecolora.compress.topk import num_kept, sparsify_topk, topk_mask, topk_mask_joint
 
 __all__ = [
+    "MASK_SUFFIX",
     "SCOPES",
     "AdaptiveK",
     "AdaptiveKConfig",
@@ -23,8 +26,10 @@ __all__ = [
     "DownloadReplica",
     "EcoLoRACompressor",
     "ErrorFeedback",
+    "MaskedTensor",
     "SegmentLayout",
     "assign_segment",
+    "budget_density",
     "compress_owned",
     "density_fn",
     "density_schedule",

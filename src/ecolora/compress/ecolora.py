@@ -21,11 +21,13 @@ densities, losses, residuals or segment choices of their own.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ecolora import codec
+from ecolora.compress.masked import MaskedTensor, select_masked
 from ecolora.compress.replica import DownloadReplica
 from ecolora.compress.schedule import AdaptiveK, AdaptiveKConfig
 from ecolora.compress.segments import SegmentLayout, assign_segment
@@ -33,7 +35,7 @@ from ecolora.compress.state import compress_owned
 from ecolora.compress.topk import sparsify_topk
 from ecolora.config import EcoLoRAConfig
 
-__all__ = ["DensityFn", "EcoLoRACompressor", "density_fn", "density_schedule", "is_lora_a"]
+__all__ = ["DensityFn", "EcoLoRACompressor", "budget_density", "density_fn", "density_schedule", "is_lora_a"]
 
 Tensors = dict[str, torch.Tensor]
 DensityFn = Callable[[str], float]
@@ -47,6 +49,18 @@ def is_lora_a(name: str) -> bool:
 def density_fn(density_a: float, density_b: float) -> DensityFn:
     """name -> density: ``density_a`` for LoRA A tensors, ``density_b`` for the rest."""
     return lambda name: density_a if is_lora_a(name) else density_b
+
+
+def budget_density(rows: Sequence[Mapping[str, Any]]) -> float:
+    """The budget of an adaptive run: the mean ``upload_density`` over its metrics.jsonl rows.
+
+    Table 3's fixed-sparsification ablation keeps "the overall communication cost identical to
+    that in adaptive sparsification": run it with ``ecolora.fixed_density`` set to this value.
+    """
+    values = [float(r["upload_density"]) for r in rows if r.get("upload_density") is not None]
+    if not values:
+        raise ValueError("no round of this run records `upload_density`: was it an +ecolora run with updates?")
+    return sum(values) / len(values)
 
 
 def density_schedule(eco: EcoLoRAConfig) -> AdaptiveK:
@@ -70,6 +84,7 @@ class EcoLoRACompressor:
     def __init__(self, eco: EcoLoRAConfig, exchanged: Mapping[str, torch.Tensor] | None = None,
                  num_segments: int | None = None) -> None:
         self.eco = eco
+        self.wire_dtype = torch.float16  # every compressed message carries fp16 values
         self.schedule = density_schedule(eco)
         self.initial_loss: float | None = None
         self.last_loss: float | None = None
@@ -79,7 +94,7 @@ class EcoLoRACompressor:
             if num_segments is None:
                 num_segments = eco.num_segments if eco.segments else 1
             self.layout = SegmentLayout.from_tensors(exchanged, num_segments)
-            self.replica = DownloadReplica(exchanged)
+            self.replica = DownloadReplica(exchanged, self.wire_dtype)
         self._owners: dict[str, dict[str, Any]] = {}
 
     # ---- eq. 4: densities from the losses ---------------------------------------------------------
@@ -138,7 +153,24 @@ class EcoLoRACompressor:
             return dict(tensors)
         if not self.eco.error_feedback:
             return self.sparsify(tensors, density_a, density_b)
-        return compress_owned(owner, stream, tensors, density_fn(density_a, density_b))
+        return compress_owned(owner, stream, tensors, density_fn(density_a, density_b), wire_dtype=self.wire_dtype)
+
+    def select_values(self, tensors: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+                      density_a: float, density_b: float) -> dict[str, MaskedTensor]:
+        """``aggregate: paper``: the wire values of ``tensors`` at the top-k of ``|P - B|`` (the
+        residual against the receiver's copy ``B``, eqs. 5-6), or of ``|P|`` without error
+        feedback; every entry without sparsification."""
+        dens = density_fn(density_a, density_b) if self.sparsifies else density_fn(1.0, 1.0)
+        feedback = self.eco.error_feedback
+        return {k: select_masked(v, base[k] if feedback else None, dens(k), self.wire_dtype) for k, v in tensors.items()}
+
+    # ---- wire ----------------------------------------------------------------------------------------
+    def pack(self, tensors: Mapping[str, torch.Tensor]) -> bytes:
+        """Lossless coding of a compressed message (sec. 3.5): positions by ``ecolora.encoding``
+        (golomb: the codec's smallest format; coo: 16-bit indices; coo32: int32), values fp16 by
+        ``ecolora.value_coding``."""
+        encoding = {"golomb": "auto", "coo": "coo16", "coo32": "coo"}[self.eco.encoding]
+        return codec.pack(tensors, value_dtype=self.wire_dtype, encoding=encoding, value_coding=self.eco.value_coding)
 
     def owner_state(self, owner: str) -> dict[str, Any]:
         """The state of a server-side owner of residuals (e.g. ``"group1"``), kept here."""

@@ -50,6 +50,7 @@ class ErrorFeedback:
         tensors: Mapping[str, torch.Tensor],
         densities: Densities,
         scope: str = "tensor",
+        wire_dtype: torch.dtype | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``SC_k(P + R)`` per tensor and update the residuals of stream ``key``.
 
@@ -58,6 +59,9 @@ class ErrorFeedback:
             tensors: name -> update ``P`` (floating point; the same shape every round).
             densities: name -> fraction kept, as a mapping or a callable.
             scope: ``"tensor"``, ``"group"`` or ``"global"`` (see the module docstring).
+            wire_dtype: the dtype the values cross the wire in (None: no rounding). The values
+                returned are rounded to it and the rounding error stays in the residual, so the
+                receiver's sum of what it decoded plus ``R`` is the sum of the inputs.
 
         Returns:
             name -> sparse tensor, in float32 (or the input dtype when wider), so that sent plus
@@ -75,8 +79,9 @@ class ErrorFeedback:
         for name, e in corrected.items():
             mask = masks[name]
             zero = torch.zeros((), dtype=e.dtype, device=e.device)
-            out[name] = torch.where(mask, e, zero)
-            residuals[name] = torch.where(mask, zero, e)  # R + P - SC_k(P + R)
+            sent = e if wire_dtype is None else e.to(wire_dtype).to(e.dtype)
+            out[name] = torch.where(mask, sent, zero)
+            residuals[name] = e - out[name] if wire_dtype is not None else torch.where(mask, zero, e)  # R + P - SC_k(P + R)
             kept += int(mask.sum())
         self._values_in[key] = self._values_in.get(key, 0) + sum(
             e.numel() for e in corrected.values()
@@ -157,6 +162,7 @@ def compress_owned(
     tensors: Mapping[str, torch.Tensor],
     densities: Densities,
     scope: str = "tensor",
+    wire_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """:meth:`ErrorFeedback.compress` with the residuals kept in ``owner["feedback"]``.
 
@@ -167,7 +173,7 @@ def compress_owned(
     feedback = ErrorFeedback()
     if "feedback" in owner:
         feedback.load_state_dict(owner["feedback"])
-    out = feedback.compress(stream, tensors, densities, scope=scope)
+    out = feedback.compress(stream, tensors, densities, scope=scope, wire_dtype=wire_dtype)
     owner["feedback"] = feedback.state_dict()
     return out
 

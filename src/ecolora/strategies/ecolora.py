@@ -1,30 +1,34 @@
 """EcoLoRA (Liu et al., "EcoLoRA: Communication-Efficient Federated Fine-Tuning of Large Language
 Models", arXiv 2506.02001, EMNLP 2025) as a wrapper over FedIT and FFA-LoRA.
 
-Per round t, with the base method deciding which LoRA tensors are trained and exchanged:
+Per round t, with the base method deciding which LoRA tensors are trained and exchanged (the
+compression state lives in :class:`~ecolora.compress.EcoLoRACompressor`):
 
 1. Server: densities k_t^A, k_t^B from the loss schedule (eq. 4)
        k_t = k_min + (k_max - k_min) * exp(-gamma * (L_0 - L_{t-1})).
-2. Download (server -> client), sparsified with error feedback (eqs. 5-6). Two modes:
-   - ``sparsify: update`` (default): the server keeps Q, the replica clients hold, and moves it
-     by D_t = SC_k(P^t - Q_{t-1}) each round; the residual P - Q carries what was not sent.
-     A client last synchronised in round tau receives Q_t - Q_tau (sparse; the initial LoRA is
-     known to all from the shared seed, so tau = 0 needs no dense first message).
-   - ``sparsify: params`` (the paper's literal form): the server sends SC_k(P^t + R) and the
-     client keeps its previous value where nothing was sent.
+2. Download (server -> client), sparsified with error feedback (eqs. 5-6); the server records
+   every client's copy as it sent it (:class:`~ecolora.compress.DownloadReplica`), so the copies
+   stay bit-identical and a returning client gets what it missed. ``ecolora.aggregate``:
+   - ``delta`` (default): the server keeps Q, the replica clients hold, and moves it by
+     D_t = fp16(SC_k(P^t - Q_{t-1})); client c receives fp16(Q_t - V_c) and adds it.
+   - ``paper``: parameter values with explicit masks: the values of P^t at the top-k of
+     |P^t - V_c| (the residual R_c = P^t - V_c, eq. 6); the client overwrites those entries.
 3. Client: staleness-decayed mixing (eq. 3) of the received global G with its own last local LoRA
        start = (1 - e^{-beta (t - tau)}) G + e^{-beta (t - tau)} P_i^tau,
-   a first-time client starts from G; then local training.
+   a first-time client starts from G; then local training. A LoRA with NaN/Inf is not compressed:
+   the reply declares ``non_finite`` and the server rejects it.
 4. Upload (client -> server): only segment s = (j + t) mod N_s of the flattened exchanged LoRA
-   (eq. 2), sparsified with the client's residual: the update (local minus start) in ``update``
-   mode, the parameters themselves in ``params`` mode.
+   (eq. 2). ``delta``: the update U_i = local - start, top-k with the client's residual, rounded
+   to fp16 with the rounding error kept in the residual. ``paper``: the parameter values of the
+   segment at the top-k of |P_i[s] - G_i[s]| with their mask (G_i: the client's copy of the
+   global, which the server knows), S_i[s] = those values, G_i[s] elsewhere.
 5. Server: each segment is averaged over its uploaders weighted by sample counts; a segment
-   without uploader keeps its value. ``update``: P[s] += sum_i n_i U_i[s] / sum_i n_i.
-   ``params``: P[s] = sum_i n_i V_i[s] / sum_i n_i, V_i = sent value or P[s] where not sent.
+   without uploader keeps its value. ``delta``: P[s] += sum_i n_i U_i[s] / sum_i n_i.
+   ``paper`` (eq. 2): P[s] = sum_i n_i S_i[s] / sum_i n_i.
 6. Every message is ``ecolora.codec.pack`` bytes (Golomb-coded positions, fp16 values).
 
-Ablations (paper Table 3): ``segments: false``, ``sparsification: none | fixed``,
-``encoding: coo`` (int32 indices + fp16 values).
+Ablations (paper Table 3): ``segments: false``, ``sparsification: none | fixed`` (at the
+adaptive run's budget), ``encoding: coo`` (16-bit indices + fp16 values), ``value_coding: raw``.
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from typing import Any
 
 import torch
 
-from ecolora import codec
 from ecolora.compress.ecolora import EcoLoRACompressor, density_fn
+from ecolora.compress.masked import MASK_SUFFIX, apply_masked, join_masked, split_masked
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     ClientRuntime,
     Message,
     Strategy,
+    clip_delta_reply,
     clip_factor,
     get_strategy_class,
     overlay_lora,
@@ -77,54 +82,63 @@ class EcoLoRA(Strategy):
         return self.compressor.densities()
 
     # ---- server ------------------------------------------------------------------------------
+    @property
+    def paper(self) -> bool:
+        """Whether eqs. 2-6 apply on parameters (``ecolora.aggregate: paper``)."""
+        return self.eco.aggregate == "paper"
+
     def configure_round(self, server_round: int, client_ids: list[int]) -> dict[int, Message]:
         density_a, density_b = self.densities()
         comp = self.compressor
-        replica = comp.require_replica()
-        mode = self.eco.sparsify
-        sparse_down = comp.sparse_download
-        if sparse_down and mode == "update":
-            replica.advance(self.global_state, density_fn(density_a, density_b), server_round)
-        elif sparse_down:
-            broadcast = comp.compress(comp.owner_state("server"), "down", self.global_state, density_a, density_b)
-        # Messages share tensors (one dense snapshot, one delta per sync round): the server's
-        # memory for a round's messages does not grow with the number of clients.
-        snapshot = {k: v.clone() for k, v in self.global_state.items()} if not sparse_down else {}
-        deltas: dict[int, dict[str, torch.Tensor]] = {}
+        if comp.sparse_download and not self.paper:
+            comp.require_replica().advance(self.global_state, density_fn(density_a, density_b))
+        # Dense downloads share one snapshot: the server's memory does not grow with the clients.
+        snapshot = {k: v.clone() for k, v in self.global_state.items()}
         messages = {}
         for position, cid in enumerate(client_ids):
             config = {
                 "round": server_round, "segment": comp.segment(position, server_round),
                 "density_a": density_a, "density_b": density_b, "download": "dense",
             }
-            if not sparse_down:
-                tensors = dict(snapshot)
-            elif mode == "update":
-                tensors = replica.delta_for(cid, server_round, deltas)
-                config["download"] = "delta"
-            else:
-                tensors = dict(broadcast)
-                config["download"] = "sparse_params"
+            config["download"], tensors = self._download(cid, snapshot, density_a, density_b)
             messages[cid] = Message(config=config, tensors=tensors)
-        replica.prune()
         self.remember_asked(server_round, messages)
         return messages
 
+    def _download(self, client_id: int, snapshot: dict[str, torch.Tensor], density_a: float,
+                  density_b: float) -> tuple[str, dict[str, torch.Tensor]]:
+        """(download kind, tensors) for one client; its copy is recorded by the replica."""
+        replica = self.compressor.require_replica()
+        if self.paper:
+            dens = (density_a, density_b) if self.compressor.sparse_download else (1.0, 1.0)
+            sent = replica.values_for(client_id, self.global_state, density_fn(*dens), self.eco.error_feedback)
+            return "masked", split_masked(sent)
+        if self.compressor.sparse_download:
+            return "delta", replica.delta_for(client_id)
+        return "dense", dict(snapshot)
+
     def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The 1-D pieces of the segment the client was asked for (eq. 2)."""
-        return {name: (end - start,) for name, start, end in self.layout.pieces(int(asked["segment"]))}
+        """The 1-D pieces of the segment the client was asked for (eq. 2); ``paper``: each piece's
+        mask and its values (``(-1,)``: as many as the mask sets)."""
+        pieces: dict[str, tuple[int, ...]] = {
+            name: (end - start,) for name, start, end in self.layout.pieces(int(asked["segment"]))}
+        if not self.paper:
+            return pieces
+        return {**{k + MASK_SUFFIX: shape for k, shape in pieces.items()}, **{k: (-1,) for k in pieces}}
 
     def max_message_numel(self) -> int:
-        """Every message carries at most the whole exchanged LoRA (both directions)."""
-        return self.layout.numel
+        """Every message carries at most the whole exchanged LoRA (both directions); ``paper``:
+        and its mask."""
+        return 2 * self.layout.numel if self.paper else self.layout.numel
 
     # Streaming step 5: per segment s a running sum S_s = sum_i n_i X_i[s] and W_s = sum_i n_i,
-    # X_i = U_i (update) or V_i (params); the segments are disjoint, so all sums together take one
+    # X_i = U_i (delta) or S_i (paper); the segments are disjoint, so all sums together take one
     # LoRA's memory whatever the number of clients.
     def fold_begin(self, server_round: int) -> None:
         self._sums: dict[int, dict[str, torch.Tensor]] = {}
         self._weights: dict[int, float] = {}
         self._loss_sums = [0.0, 0.0, 0.0]  # sum n_i L_i, sum n_i L_i^0, sum n_i
+        self._values = [0, 0]  # values kept, values offered (this round's upload density)
 
     def fold(self, client_id: int, reply: Message) -> None:
         segment = int(reply.config["segment"])
@@ -132,45 +146,61 @@ class EcoLoRA(Strategy):
         acc = self._sums.get(segment)
         if acc is None:
             acc = self._sums[segment] = {name: torch.zeros(b - a) for name, a, b in self.layout.pieces(segment)}
-        current = self.layout.extract(self.global_state, segment) if self.eco.sparsify == "params" else None
-        for k, piece in reply.tensors.items():
-            piece = piece.reshape(-1).float()
-            if current is not None:  # V_i: the sent value, or P[s] where nothing was sent
-                piece = torch.where(piece != 0, piece, current[k])
+        for k, piece in self._upload_values(client_id, segment, reply).items():
             acc[k].add_(piece, alpha=n)
         self._weights[segment] = self._weights.get(segment, 0.0) + n
         for i, value in enumerate((reply.metrics["train_loss"], reply.metrics["initial_loss"], 1.0)):
             self._loss_sums[i] += n * float(value)
 
+    def _upload_values(self, client_id: int, segment: int, reply: Message) -> dict[str, torch.Tensor]:
+        """X_i[s] of one reply: U_i (delta), or S_i = the sent values over the client's copy (paper)."""
+        if not self.paper:
+            pieces = {k: v.reshape(-1).float() for k, v in reply.tensors.items()}
+            self._values[0] += sum(int(torch.count_nonzero(v)) for v in pieces.values())
+            self._values[1] += sum(v.numel() for v in pieces.values())
+            return pieces
+        sent = join_masked(reply.tensors)
+        base = self.layout.extract(self.compressor.require_replica().view(client_id), segment)
+        self._values[0] += sum(int(m.mask.sum()) for m in sent.values())
+        self._values[1] += sum(v.numel() for v in base.values())
+        return {k: apply_masked(base[k], sent[k]) for k in base}
+
     def fold_end(self, server_round: int) -> dict[str, Any]:
         for segment in sorted(self._sums):
             mean = {k: v / self._weights[segment] for k, v in self._sums[segment].items()}
-            if self.eco.sparsify == "update":  # P[s] += sum_i n_i U_i[s] / sum_i n_i
+            if not self.paper:  # P[s] += sum_i n_i U_i[s] / sum_i n_i
                 current = self.layout.extract(self.global_state, segment)
                 mean = {k: current[k] + v for k, v in mean.items()}
             self.layout.insert(self.global_state, segment, mean)
         train_sum, initial_sum, total = self._loss_sums
         self.compressor.observe_losses(train_sum / total, initial_sum / total)
         segments_updated = len(self._sums)
+        kept, offered = self._values
         self._sums, self._weights = {}, {}
         density_a, density_b = self.densities()
-        return {"segments_updated": segments_updated, "next_density_a": density_a, "next_density_b": density_b}
+        return {"segments_updated": segments_updated, "next_density_a": density_a, "next_density_b": density_b,
+                "upload_density": kept / offered if offered else None}
+
+    def aggregate_add(self, client_id: int, reply: Message) -> str | None:
+        self._adding = client_id  # paper-mode clipping reads that client's copy
+        return super().aggregate_add(client_id, reply)
+
+    def _client_of(self, reply: Message) -> int:
+        del reply
+        return self._adding
 
     def clip_reply(self, reply: Message, max_norm: float) -> tuple[Message, float]:
-        """Clip the update: the sent pieces (update mode) or, in params mode, the sent values
-        minus the global values at the sent positions (positions not sent stay unsent)."""
-        pieces = {k: v.reshape(-1).float() for k, v in reply.tensors.items()}
-        if self.eco.sparsify == "update":
-            update = pieces
-        else:
-            current = self.layout.extract(self.global_state, int(reply.config["segment"]))
-            update = {k: torch.where(v != 0, v - current[k], 0.0) for k, v in pieces.items()}
+        """Clip the update: the sent pieces (delta) or, in paper mode, the sent values minus the
+        client's copy at the sent entries (entries not sent stay unsent)."""
+        if not self.paper:
+            return clip_delta_reply(reply, max_norm)
+        sent = join_masked(reply.tensors)
+        base = self.layout.extract(self.compressor.require_replica().view(self._client_of(reply)), int(reply.config["segment"]))
+        update = {k: m.values - base[k][m.mask] for k, m in sent.items()}
         factor, norm = clip_factor(sum(float(u.square().sum()) for u in update.values()), max_norm)
         if factor < 1.0:
-            if self.eco.sparsify == "update":
-                tensors = {k: u * factor for k, u in update.items()}
-            else:
-                tensors = {k: torch.where(pieces[k] != 0, current[k] + factor * u, 0.0) for k, u in update.items()}
+            tensors = dict(reply.tensors)
+            tensors.update({k: base[k][m.mask] + factor * update[k] for k, m in sent.items()})
             reply = Message(config=reply.config, tensors=tensors, num_examples=reply.num_examples, metrics=reply.metrics)
         return reply, norm
 
@@ -183,13 +213,7 @@ class EcoLoRA(Strategy):
         server_round = int(cfg["round"])
         state = runtime.state
         initial = {k: v for k, v in self.initial_lora.items() if self.inner.exchanged(k)}
-        previous_view = state.get("view", initial)
-        if cfg["download"] == "delta":
-            view = {k: previous_view[k] + message.tensors[k] for k in initial}
-        elif cfg["download"] == "sparse_params":
-            view = {k: torch.where(message.tensors[k] != 0, message.tensors[k], previous_view[k]) for k in initial}
-        else:
-            view = {k: message.tensors[k].float() for k in initial}
+        view = self._receive(state.get("view", initial), cfg["download"], message.tensors)
         start = view
         if "local" in state:  # eq. 3: staleness-decayed mixing with the client's own last LoRA
             w = mixing_weight(self.eco.beta, server_round, int(state["tau"]))
@@ -205,19 +229,34 @@ class EcoLoRA(Strategy):
             return Message(config={"round": server_round, "segment": segment, CLIENT_REJECTION_KEY: reason},
                            num_examples=result.num_examples, metrics=_train_metrics(result))
         state.update(view=view, local=local, tau=server_round)
-        outgoing = {k: local[k] - start[k] for k in local} if self.eco.sparsify == "update" else local
-        if self.layout.num_segments == 1:
-            pieces = {k: v.reshape(-1) for k, v in outgoing.items()}
+        density_a, density_b = float(cfg["density_a"]), float(cfg["density_b"])
+        if self.paper:  # the segment's parameters at the top-k of |P_i - G_i| (eqs. 5-6), with masks
+            base = self._segment(view, segment)
+            pieces = split_masked(self.compressor.select_values(self._segment(local, segment), base, density_a, density_b))
         else:
-            pieces = self.layout.extract(outgoing, segment)
-        pieces = self.compressor.compress(state, f"up/{segment}", pieces, float(cfg["density_a"]), float(cfg["density_b"]))
+            outgoing = {k: local[k] - start[k] for k in local}
+            pieces = self.compressor.compress(state, f"up/{segment}", self._segment(outgoing, segment), density_a, density_b)
         return Message(config={"round": server_round, "segment": segment}, tensors=pieces,
                        num_examples=result.num_examples, metrics=_train_metrics(result))
 
+    def _segment(self, tensors: Mapping[str, torch.Tensor], segment: int) -> dict[str, torch.Tensor]:
+        if self.layout.num_segments == 1:
+            return {k: v.reshape(-1) for k, v in tensors.items()}
+        return self.layout.extract(tensors, segment)
+
+    @staticmethod
+    def _receive(previous: Mapping[str, torch.Tensor], kind: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The client's new copy of the global from a download (the server records the same)."""
+        if kind == "delta":
+            return {k: previous[k] + tensors[k].float() for k in previous}
+        if kind == "masked":
+            sent = join_masked(tensors)
+            return {k: apply_masked(previous[k], sent[k]) for k in previous}
+        return {k: tensors[k].float() for k in previous}
+
     # ---- wire --------------------------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:
-        encoding = "coo" if self.eco.encoding == "coo" else "auto"
-        return codec.pack(message.tensors, value_dtype=torch.float16, encoding=encoding)
+        return self.compressor.pack(message.tensors)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -25,8 +25,8 @@ segment aggregation unchanged; what changes is the clock:
   the position), so consecutive dispatches cover all segments;
 * staleness mixing (eq. 3) uses model versions: a client last seen at version tau that downloads
   version V mixes with weight e^{-beta (V - tau)};
-* the download replica (``sparsify: update``) moves at most once per version, however many
-  clients are dispatched at it; every later dispatch at that version gets Q_V - Q_{tau};
+* the download replica (``aggregate: delta``) moves at most once per version, however many
+  clients are dispatched at it; every dispatch gets fp16(Q_V - V_c), V_c the client's copy;
 * each buffered update enters EcoLoRA's per-segment mean scaled by eta_g w(s_i).
 """
 
@@ -167,7 +167,6 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
             self._prepared_version = version
         else:
             messages = {cid: self._message_at_prepared_version(version, cid) for cid in client_ids}
-            self.compressor.require_replica().prune()
         for cid in client_ids:
             messages[cid].config.update(segment=self.num_dispatched % self.layout.num_segments, version=version)
             self.num_dispatched += 1
@@ -179,7 +178,7 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
         if not self.compressor.sparse_download:
             return Message(config=config, tensors={k: v.clone() for k, v in self.global_state.items()})
         config["download"] = "delta"
-        return Message(config=config, tensors=self.compressor.require_replica().delta_for(cid, version))
+        return Message(config=config, tensors=self.compressor.require_replica().delta_for(cid))
 
     def aggregate_round(self, server_round: int, replies: Mapping[int, Message]) -> dict[str, Any]:
         """Scale each buffered update by eta_g w(s_i), then EcoLoRA's per-segment aggregation."""

@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ecolora import codec
 from ecolora.compress.ecolora import EcoLoRACompressor
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
@@ -214,8 +213,7 @@ class FLoRA(Strategy):
     # ---- wire --------------------------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:
         if self.compressed:
-            encoding = "coo" if self.config.ecolora.encoding == "coo" else "auto"
-            return codec.pack(message.tensors, value_dtype=torch.float16, encoding=encoding)
+            return self.compressor.pack(message.tensors)
         return super().pack(message, direction)
 
     def state_dict(self) -> dict[str, Any]:

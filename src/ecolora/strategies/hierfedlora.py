@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecolora import codec
 from ecolora.compress.ecolora import EcoLoRACompressor
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
@@ -266,8 +265,7 @@ class HierFedLoRA(FedIT):
     # ---- wire and checkpoints ----------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:
         if self.compressed:
-            encoding = "coo" if self.config.ecolora.encoding == "coo" else "auto"
-            return codec.pack(message.tensors, value_dtype=torch.float16, encoding=encoding)
+            return self.compressor.pack(message.tensors)
         return super().pack(message, direction)
 
     def state_dict(self) -> dict[str, Any]:

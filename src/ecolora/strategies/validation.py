@@ -18,8 +18,8 @@ Reasons are ``"<code>: <details>"``; the codes are stable (tests and dashboards 
 ``metric``         a required metric (``train_loss``, ``initial_loss``) is missing or not finite
 ``unknown_tensor`` a tensor name the server did not ask for
 ``missing_tensor`` an expected tensor is absent
-``dtype``          a tensor is not float16, bfloat16 or float32
-``shape``          a tensor's shape differs from the expected one
+``dtype``          a tensor is not float16, bfloat16 or float32 (a mask ``<name>@mask``: bool)
+``shape``          a tensor's shape differs from the expected one (masked values: one per set entry)
 ``non_finite``     a tensor holds NaN or +-inf
 ``config``         the reply's config does not say what it answers (e.g. no segment)
 ``payload``        the bytes could not be decoded (:class:`~ecolora.codec.CodecError`);
@@ -43,11 +43,13 @@ from typing import Any
 
 import torch
 
+from ecolora.compress.masked import MASK_SUFFIX
 from ecolora.strategies.message import Message
 
 __all__ = [
     "CLIENT_REJECTION_KEY",
     "ECHOED_KEYS",
+    "MASKED_VALUES",
     "REASON_CODES",
     "REQUIRED_METRICS",
     "WIRE_FLOAT_DTYPES",
@@ -60,6 +62,7 @@ CLIENT_REJECTION_KEY = "rejected"  # a reply's own reason not to be aggregated (
 ECHOED_KEYS = ("round", "segment")  # config values a reply must repeat from its request
 REQUIRED_METRICS = ("train_loss", "initial_loss")  # read by the loss schedule (EcoLoRA eq. 4)
 WIRE_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MASKED_VALUES = (-1,)  # expected shape of the values of a masked tensor ``name`` (``name@mask`` sets them)
 REASON_CODES = (
     "round", "segment", "not_asked", "duplicate", "num_examples", "metric", "unknown_tensor",
     "missing_tensor", "dtype", "shape", "non_finite", "config", "payload",
@@ -139,12 +142,19 @@ def _check_tensors(
         if missing:
             return f"missing_tensor: {_head(missing)} absent"
     for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in WIRE_FLOAT_DTYPES:
+        is_mask = name.endswith(MASK_SUFFIX)
+        allowed = (torch.bool,) if is_mask else WIRE_FLOAT_DTYPES
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in allowed:
             got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            return f"dtype: {name!r} is {got}, expected float16, bfloat16 or float32"
-        if shapes is not None and tuple(tensor.shape) != tuple(shapes[name]):
-            return f"shape: {name!r} has shape {tuple(tensor.shape)}, expected {tuple(shapes[name])}"
-        if not bool(torch.isfinite(tensor).all()):
+            return f"dtype: {name!r} is {got}, expected {'bool' if is_mask else 'float16, bfloat16 or float32'}"
+        if shapes is not None:
+            expected = tuple(shapes[name])
+            if expected == MASKED_VALUES:  # as many values as the tensor's mask sets
+                mask = tensors.get(name + MASK_SUFFIX)
+                expected = (int(mask.sum()),) if isinstance(mask, torch.Tensor) else expected
+            if tuple(tensor.shape) != expected:
+                return f"shape: {name!r} has shape {tuple(tensor.shape)}, expected {expected}"
+        if not is_mask and not bool(torch.isfinite(tensor).all()):
             return f"non_finite: {name!r} holds NaN or infinite values"
     return None
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecolora.codec import FORMAT_VERSION, describe, pack, unpack
+from ecolora.codec import FORMAT_VERSION, CodecError, describe, pack, unpack
 from ecolora.codec.bits import encode_unary, encode_varint, pack_fields
 from ecolora.codec.golomb import golomb_encode
 
@@ -124,3 +124,15 @@ def test_golden_payload_rejects_single_byte_changes(flip):
     payload[flip] ^= 0x01
     with pytest.raises(CodecError):
         unpack(bytes(payload))
+
+
+def test_coo16_golden_bytes_and_limit():
+    """coo16: uint16 little-endian indices then raw fp16 values (the paper's 16-bit positions)."""
+    t = torch.tensor([0.0, 1.0, 0.0, -2.0, 0.0])
+    payload = pack({"x": t}, encoding="coo16")
+    body = payload[-4 - 2 * 2 - 2 * 2:-4]  # two indices, two fp16 values, before the CRC
+    assert body == bytes([1, 0, 3, 0]) + torch.tensor([1.0, -2.0], dtype=torch.float16).numpy().tobytes()
+    assert len(pack({"x": t}, encoding="coo")) == len(payload) + 2 * 2  # int32 indices: 2 bytes more each
+    assert torch.equal(unpack(payload)["x"], t)
+    with pytest.raises(CodecError, match="coo16 needs at most 2\\*\\*16 elements, got 65537; use coo"):
+        pack({"x": torch.ones(2**16 + 1)}, encoding="coo16")

@@ -119,8 +119,8 @@ def test_manifest_field_errors():
         unpack(_payload([_entry(b"x", 0xF1, 0, (1,))], bytes(2)))
     with pytest.raises(CodecError, match="a int64 tensor cannot travel as float16"):
         unpack(_payload([_entry(b"x", 0x71, 0, (1,))], bytes(2)))
-    with pytest.raises(CodecError, match="unknown coding byte 0x05"):
-        unpack(_payload([_entry(b"x", 0x11, 0x05, (1,))], bytes(2)))
+    with pytest.raises(CodecError, match="unknown coding byte 0x06"):
+        unpack(_payload([_entry(b"x", 0x11, 0x06, (1,))], bytes(2)))
     with pytest.raises(CodecError, match="ndim = 33 exceeds the limit 32"):
         unpack(_payload([_entry(b"x", 0x11, 0, (1,) * 33)], bytes(2)))
     with pytest.raises(CodecError, match="nnz = 9 exceeds the limit 8"):

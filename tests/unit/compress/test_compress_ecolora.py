@@ -58,14 +58,14 @@ def test_owner_states_and_replica_survive_a_state_dict_round_trip():
     tensors = _tensors()
     comp = EcoLoRACompressor(EcoLoRAConfig(num_segments=2), tensors)
     target = {k: v + 1.0 for k, v in tensors.items()}
-    comp.require_replica().advance(target, density_fn(0.5, 0.5), server_round=1)
+    comp.require_replica().advance(target, density_fn(0.5, 0.5))
     comp.compress(comp.owner_state("group1"), "g", target, 0.5, 0.5)
     comp.observe_losses(1.0, 2.0)
     other = EcoLoRACompressor(EcoLoRAConfig(num_segments=2), tensors)
     other.load_state_dict(comp.state_dict())
     assert other.densities() == comp.densities()
     assert other.segment(1, 4) == comp.segment(1, 4) == 1
-    a, b = comp.require_replica().delta_for(7, 1), other.require_replica().delta_for(7, 1)
+    a, b = comp.require_replica().delta_for(7), other.require_replica().delta_for(7)
     assert all(torch.equal(a[k], b[k]) for k in a)
     r1 = comp.owner_state("group1")["feedback"]["residuals"]["g"]
     r2 = other.owner_state("group1")["feedback"]["residuals"]["g"]

@@ -182,8 +182,8 @@ def test_build_fedbuff_types_and_errors():
 def test_config_errors_are_pinned():
     with pytest.raises(ConfigError, match=r"`fedbuff.concurrency` must be <= fed.num_clients \(6\), got 7."):
         _cfg("fedbuff.concurrency=7")
-    with pytest.raises(ConfigError, match=r"`fedbuff\+ecolora` needs ecolora.sparsify=update"):
-        _cfg("ecolora.sparsify=params", "ecolora.num_segments=3", method="fedbuff+ecolora")
+    with pytest.raises(ConfigError, match=r"`fedbuff\+ecolora` needs ecolora.aggregate=delta"):
+        _cfg("ecolora.aggregate=paper", "ecolora.num_segments=3", method="fedbuff+ecolora")
     with pytest.raises(ConfigError, match=r"`fedbuff.link` must look like UPLINK/DOWNLINK in Mbps \(e.g. 1/5\), got 'fast'."):
         _cfg("fedbuff.link=fast")
     with pytest.raises(ConfigError, match=r"`fedbuff` needs a client link"):
