@@ -72,3 +72,16 @@ def test_smoke_hierfedlora(tmp_path, method):
         assert 0 < m["intra_group_bytes"] < m["upload_bytes"] + m["download_bytes"]
         assert {g["group"] for g in m["groups"]} <= {0, 1}
     assert summary["intra_group_bytes"] == sum(m["intra_group_bytes"] for m in metrics)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("aggregate", ["delta", "paper"])
+def test_smoke_ecolora_nonfinite_fault_is_rejected_and_the_run_completes(tmp_path, aggregate):
+    """faults.nonfinite end to end: NaN/Inf in a client's trained LoRA with sparsification on used
+    to crash the run (top-k); now the reply is rejected as non_finite and the others aggregated."""
+    metrics, summary = _run(tmp_path / aggregate, "method=fedit+ecolora", f"ecolora.aggregate={aggregate}",
+                            "faults.nonfinite=0.5")
+    rejected = [r for m in metrics for r in m["rejected"]]
+    assert rejected and all(r["reason"].startswith("non_finite: ") for r in rejected)
+    assert all(m["upload_density"] is not None for m in metrics if not m["no_update"])
+    assert summary["final_eval_loss"] is not None

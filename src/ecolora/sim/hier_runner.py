@@ -97,7 +97,6 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     if not isinstance(strategy, HierFedLoRA):
         raise TypeError(f"run_hierarchical runs hierfedlora[+ecolora], got a {type(strategy).__name__} strategy.")
     plans = strategy.form_groups(category_counts(setup.partition_stats))
-    (out_dir / "groups.json").write_text(json.dumps([p.to_dict() for p in plans], indent=2), encoding="utf-8")
     ledger = ByteLedger()
     transport = InProcessTransport(strategy, ledger)  # server <-> leaders: the ServerApp's own traffic
     work = (executor or InProcessExecutor)(setup, ledger)
@@ -105,7 +104,8 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     rng = np.random.default_rng(config.seed)
     quiet = without_network_scenarios(config)
     sizes = {c.client_id: c.num_examples for c in setup.clients}
-    done = journal.begin(setup, rng, ledger)
+    done = journal.begin(setup, rng, ledger)  # creates the run directory
+    (out_dir / "groups.json").write_text(json.dumps([p.to_dict() for p in plans], indent=2), encoding="utf-8")
     for server_round in range(done + 1, config.fed.rounds + 1):
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
         groups = strategy.round_groups(sampled, sizes)
