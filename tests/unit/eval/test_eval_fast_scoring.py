@@ -73,3 +73,35 @@ def test_held_out_loss_equals_sequence_logps(tokenizer: PreTrainedTokenizerFast,
     with torch.no_grad():
         logps, num = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert held_out_loss(model, [batch]) == pytest.approx(-float(logps.sum()) / int(num.sum()), rel=1e-6)
+
+
+def test_groups_sharing_a_root_equal_separate_sequences() -> None:
+    model = make_model().eval()
+    groups = [
+        PrefixGroup(prefix=[1, 4, 5, 6, 7, 20], continuations=[[8, 9], [10]]),
+        PrefixGroup(prefix=[1, 4, 5, 6, 7], continuations=[[11], [12, 13]]),  # all root
+        PrefixGroup(prefix=[1, 4, 5, 6, 7, 21, 22], continuations=[[14], [15, 16, 17]]),
+        PrefixGroup(prefix=[1, 30, 31], continuations=[[8], [9]]),  # its own row
+    ]
+    with torch.no_grad():
+        packed = score_prefix_groups(model, groups, batch_size=2, pad_id=0, min_shared=3)
+        for group, scores in zip(groups, packed, strict=True):
+            for cont, score in zip(group.continuations, scores, strict=True):
+                ids = torch.tensor([group.prefix + cont])
+                logps = model(input_ids=ids).logits[0].log_softmax(-1)  # (T, V)
+                expected = sum(float(logps[len(group.prefix) - 1 + j, t]) for j, t in enumerate(cont))
+                assert score == pytest.approx(expected, abs=1e-5)
+
+
+def test_items_with_a_shared_instruction_equal_per_choice() -> None:
+    model, tokenizer = make_model(), make_tokenizer()
+    head = "answer the question : what is the capital of "
+    items = [
+        {"question": head + "france ?", "choices": ["paris", "london"], "answer": 0},
+        {"question": head + "the city ?", "choices": ["rome", "berlin", "paris"], "answer": 0},
+        {"question": head + "red ?", "choices": ["yes", "no"], "answer": 1},
+    ]
+    fast = choice_logprobs(model, tokenizer, items, batch_size=2)
+    reference = choice_logprobs(model, tokenizer, items, shared_prefix=False)
+    for a, b in zip(fast, reference, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
