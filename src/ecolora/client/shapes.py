@@ -29,6 +29,7 @@ __all__ = [
     "build_shape_model",
     "byte_tokenizer",
     "is_shape_model",
+    "model_note",
     "shape_config",
 ]
 
@@ -62,6 +63,11 @@ _EOS = "<|endoftext|>"
 
 def is_shape_model(name: str) -> bool:
     return name in SHAPE_MODELS
+
+
+def model_note(name: str) -> str:
+    """What a run on ``name`` is good for: :data:`SHAPE_NOTE` for shape models, else ``""``."""
+    return SHAPE_NOTE if is_shape_model(name) else ""
 
 
 def shape_config(name: str, overrides: Mapping[str, int | float | bool] | None = None) -> LlamaConfig:

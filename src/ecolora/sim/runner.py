@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from ecolora.client.shapes import model_note
 from ecolora.config import RunConfig
 from ecolora.network.ledger import ByteLedger
 from ecolora.report.tensorboard import TensorBoardLog, require_tensorboard
@@ -411,6 +412,8 @@ def _summary(
     return {
         "method": config.method,
         "model": config.model.name,
+        "model_note": model_note(config.model.name),  # "shape model: timing only" for shape models
+        "placement": setup.shared.trainer.placement.describe(),
         "dataset": config.data.source,
         "objective": config.train.objective,
         "seed": config.seed,
