@@ -310,7 +310,7 @@ def evaluate(
     """Score a base model or a fine-tuned adapter on an evaluation suite."""
     _setup_logging(False)
     from ecolora.eval.adapter import evaluate_adapter
-    from ecolora.eval.suites import format_result
+    from ecolora.eval.display import format_result
 
     with expected_failures(debug):
         try:
