@@ -233,8 +233,8 @@ _COLUMNS = (
 
 _LEGEND = {
     "k": "density: the fraction of values top-k keeps",
-    "ours B": "payload bytes of our format (header, positions, fp16 values)",
-    "fp16 vals B": "bytes of the kept values alone (fp16), no positions",
+    "ours B": "payload bytes of pack(sparse), the defaults (Golomb positions, coded values)",
+    "fp16 vals B": "the same positions with raw fp16 values (the paper's scheme)",
     "coo B": "int32 index + fp16 value per kept value",
     "zstd-3 B": "the dense fp16 tensors (zeros included) through zstd level 3",
     "zstd-19 B": "the same through zstd level 19",
