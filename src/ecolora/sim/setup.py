@@ -29,6 +29,7 @@ from ecolora.client.lora import (
 from ecolora.client.model import BUILTIN_MODELS, check_model_fits_device, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
 from ecolora.config import RunConfig
+from ecolora.data.templates import encode_example, resolve_template
 from ecolora.eval.loss import held_out_loss
 from ecolora.rundir import SetupError
 from ecolora.sim.runtime import SharedModel, SimClient
@@ -139,7 +140,6 @@ def build_task(config: RunConfig, tokenizer: Any) -> TaskData:
     eval_size: float = int(data.eval_size) if data.eval_size >= 1 else float(data.eval_size)
     if config.train.objective == "sft":
         from ecolora.data import collate_sft, load_instruction_rows, split_train_eval
-        from ecolora.data.templates import encode_example, resolve_template
 
         rows = load_instruction_rows(data.source, limit=data.limit, seed=config.seed,
                                      data_format=data.format, columns=data.columns)
