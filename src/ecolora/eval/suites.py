@@ -39,8 +39,8 @@ import torch
 from ecolora.client.dpo import IGNORE_INDEX, encode_pair
 from ecolora.data.bigbench import load_task_json
 from ecolora.data.preference import load_preference_rows, read_rows
-from ecolora.data.prompts import format_prompt
 from ecolora.data.sources import normalize_rows
+from ecolora.data.templates import encode_example, resolve_template
 from ecolora.eval import schemas
 from ecolora.eval.loss import held_out_loss, perplexity
 from ecolora.eval.multiple_choice import score_multiple_choice
@@ -215,16 +215,16 @@ def _load_pairs(limit: int | None, path: str | None, default: str | None) -> lis
 
 
 def _load_text(limit: int | None, path: str | None) -> list[dict[str, Any]]:
-    """``text`` or ``prompt``/``response`` rows; a file in a training format (Dolly, Alpaca) is
-    read as the training data is and scored on its responses under the training prompt."""
+    """``text`` or ``prompt``/``response`` rows; a file in a training format (Dolly, Alpaca,
+    messages) is read as training reads it (``train_row``) and scored on its responses under the
+    prompt ``data.template: auto`` gives (:func:`ecolora.data.templates.resolve_template`)."""
     if path is None:
         raise ValueError("This suite reads a local file: pass path=... (--path).")
     rows = []
     for file, _ in _data_files(path):
         file_rows = _read(file)
-        if file_rows and not _is_loss_row(file_rows[0]) and "instruction" in file_rows[0]:
-            file_rows = [{"prompt": format_prompt(r), "response": r["output"]}
-                         for r in normalize_rows(file_rows, str(file))]
+        if file_rows and not _is_loss_row(file_rows[0]) and {"instruction", "messages"} & set(file_rows[0]):
+            file_rows = [{"train_row": r} for r in normalize_rows(file_rows, str(file))]
         rows += file_rows
     for i, row in enumerate(rows):
         if not _is_loss_row(row):
@@ -236,7 +236,7 @@ def _load_text(limit: int | None, path: str | None) -> list[dict[str, Any]]:
 
 
 def _is_loss_row(row: dict[str, Any]) -> bool:
-    return "text" in row or ("prompt" in row and "response" in row)
+    return "text" in row or "train_row" in row or ("prompt" in row and "response" in row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,8 +300,12 @@ def _run_loss(
 ) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = []
+    template = resolve_template("auto", tokenizer, "") if any("train_row" in r for r in rows) else ""
     for row in rows:
-        if "text" in row:
+        if "train_row" in row:
+            example = encode_example(tokenizer, row["train_row"], max_seq_len, template)
+            encoded.append((example["input_ids"], example["labels"]))
+        elif "text" in row:
             ids = list(tokenizer(row["text"], add_special_tokens=True)["input_ids"])[:max_seq_len]
             encoded.append((ids, ids))
         else:

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from ecolora.cli import app
 from ecolora.config import load_config
-from ecolora.data.prompts import format_prompt
 from ecolora.eval import load_suite
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,9 +25,24 @@ def test_loss_suite_reads_a_training_file(tmp_path: Path) -> None:
     path = tmp_path / "dolly.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     loaded = load_suite("loss", path=str(path))
-    want = {"instruction": "name a city", "input": "in france", "output": "paris"}
-    assert loaded[1] == {"prompt": format_prompt(want), "response": "paris"}
-    assert len(loaded) == 2
+    assert [r["train_row"]["output"] for r in loaded] == ["blue", "paris"]
+    assert loaded[1]["train_row"]["input"] == "in france"
+
+
+def test_loss_suite_scores_training_rows_as_training_encodes_them(tmp_path: Path, tokenizer, model) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from ecolora.data.templates import encode_example
+    from ecolora.eval import held_out_loss, run_suite
+
+    rows = [{"messages": [{"role": "user", "content": "the sky is"}, {"role": "assistant", "content": "blue"}]}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_suite("loss", model, tokenizer, path=str(path))
+    train_row = load_suite("loss", path=str(path))[0]["train_row"]
+    example = encode_example(tokenizer, train_row, 512, "alpaca")  # the tiny tokenizer has no chat template
+    batch = {"input_ids": torch.tensor([example["input_ids"]]), "labels": torch.tensor([example["labels"]])}
+    assert result["n"] == 1 and result["loss"] == pytest.approx(held_out_loss(model, [batch]), abs=1e-5)
 
 
 def test_heldout_suite_scores_the_runs_split(tmp_path: Path) -> None:
