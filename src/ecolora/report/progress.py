@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ecolora.config import RunConfig
+from ecolora.sim.checkpoint import CHECKPOINT_DIR, list_checkpoints
 from ecolora.sim.runner import run_experiment
 
 __all__ = ["round_table", "run_with_progress"]
@@ -22,7 +23,8 @@ def run_with_progress(
     """Run (or, with ``resume``, continue) with two progress bars, then print the per-round table."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        rounds = bar.add_task("rounds", total=config.fed.rounds)
+        saved = list_checkpoints(Path(out_dir) / CHECKPOINT_DIR) if resume else []
+        rounds = bar.add_task("rounds", total=config.fed.rounds, completed=saved[-1][0] if saved else 0)
         clients = bar.add_task("clients", total=config.fed.clients_per_round)
 
         def hook(event: str, done: int, total: int) -> None:

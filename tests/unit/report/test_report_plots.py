@@ -24,3 +24,22 @@ def test_round_axes_have_integer_ticks(tmp_path: Path, monkeypatch: pytest.Monke
     for fig in figures:
         ticks = fig.axes[0].get_xticks()
         assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_resumed_progress_starts_at_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from ecolora.config import load_config
+    from ecolora.report import progress
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "round-000002.safetensors").write_bytes(b"")
+    (tmp_path / "metrics.jsonl").write_text("")
+    monkeypatch.setattr(progress, "run_experiment", lambda *a, **k: {"resume": k["resume"]})
+    out = io.StringIO()
+    summary = progress.run_with_progress(load_config(None, ["fed.rounds=3"]), tmp_path,
+                                         Console(file=out, force_terminal=True, width=100), resume=True)
+    assert summary == {"resume": True}
+    assert "2/3" in out.getvalue()
