@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from ecolora.codec.container import describe, pack, unpack
     from ecolora.codec.errors import CodecError
     from ecolora.config import ConfigError, RunConfig, apply_overrides, load_config
+    from ecolora.methods import MethodSpec, get_method, method_names, register_method
     from ecolora.network.ledger import ByteLedger, LedgerEntry
-    from ecolora.sim.runner import run_experiment
+    from ecolora.sim import run_experiment
     from ecolora.strategies import build_strategy
     from ecolora.strategies.base import (
         AggregationError,
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
         Message,
         Strategy,
         TrainResult,
-        get_strategy_class,
-        register_strategy,
-        strategy_names,
     )
 
 # name -> module that defines it (imported on first access, see __getattr__)
@@ -40,15 +38,16 @@ _EXPORTS: dict[str, str] = {
     "RunConfig": "ecolora.config",
     "apply_overrides": "ecolora.config",
     "load_config": "ecolora.config",
-    "run_experiment": "ecolora.sim.runner",
+    "run_experiment": "ecolora.sim",
+    "MethodSpec": "ecolora.methods",
+    "get_method": "ecolora.methods",
+    "method_names": "ecolora.methods",
+    "register_method": "ecolora.methods",
     "AggregationError": "ecolora.strategies.base",
     "ClientRuntime": "ecolora.strategies.base",
     "Message": "ecolora.strategies.base",
     "Strategy": "ecolora.strategies.base",
     "TrainResult": "ecolora.strategies.base",
-    "get_strategy_class": "ecolora.strategies.base",
-    "register_strategy": "ecolora.strategies.base",
-    "strategy_names": "ecolora.strategies.base",
     "build_strategy": "ecolora.strategies",
     "CodecError": "ecolora.codec.errors",
     "describe": "ecolora.codec.container",
@@ -67,18 +66,19 @@ __all__ = [
     "ConfigError",
     "LedgerEntry",
     "Message",
+    "MethodSpec",
     "RunConfig",
     "Strategy",
     "TrainResult",
     "apply_overrides",
     "build_strategy",
     "describe",
-    "get_strategy_class",
+    "get_method",
     "load_config",
+    "method_names",
     "pack",
-    "register_strategy",
+    "register_method",
     "run_experiment",
-    "strategy_names",
     "unpack",
 ]
 

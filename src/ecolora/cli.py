@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from ecolora.config import ConfigError, RunConfig, load_config
+from ecolora.methods import method_help
 from ecolora.rundir import (
     RunDirError,
     RunStopped,
@@ -89,7 +90,7 @@ def expected_failures(debug: bool) -> Iterator[None]:
         _fail(error_line(exc))
 
 
-@app.command()
+@app.command(epilog="Methods (--set method=NAME, registered in ecolora.methods):\n\n" + method_help().replace("\n", "\n\n"))
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset (default: configs/quickstart.yaml).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory, new or empty (default: runs/<name>-<time>).")] = None,

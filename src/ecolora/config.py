@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_or
 
 import yaml
 
+from ecolora.methods import ParsedMethod, parse_method
 from ecolora.network.link import parse_scenario
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = [
-    "METHODS",
     "ConfigError",
     "FaultConfig",
     "FedBuffConfig",
@@ -45,8 +45,6 @@ __all__ = [
     "load_config",
 ]
 
-
-METHODS = ("fedit", "ffa", "flora", "flasc", "hierfedlora", "fedbuff")
 
 # Enum-like settings: the allowed strings (each section's __post_init__ checks the value).
 ModelDtype = Literal["float32", "bfloat16", "float16"]
@@ -348,7 +346,7 @@ class LogConfig:
 
 @dataclass
 class RunConfig:
-    method: str = field(default="fedit", metadata={"help": "fedit, ffa, flora, each optionally +ecolora."})
+    method: str = field(default="fedit", metadata={"help": "A registered method (ecolora.methods), e.g. fedit, fedit+ecolora, flora, flasc, hierfedlora, fedbuff."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice in the run."})
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -366,15 +364,21 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        base, _, wrapper = self.method.partition("+")
-        _check(base in METHODS, f"`method` must be one of {', '.join(METHODS)}, optionally with +ecolora, got {self.method!r}.")
-        _check(wrapper in ("", "ecolora"), f"`method` wrapper must be +ecolora, got {self.method!r}.")
-        if wrapper == "ecolora" and self.ecolora.segments and base != "flora":
+        parsed = self.parsed_method
+        if parsed.compressed and self.ecolora.segments and parsed.spec.segments:
             _check(
                 self.ecolora.num_segments <= self.fed.clients_per_round,
                 f"`ecolora.num_segments` must be <= clients per round ({self.fed.clients_per_round}), got {self.ecolora.num_segments}.",
             )
-        _check_method_sections(self, base, wrapper)
+        _check_method_sections(self, parsed)
+
+    @property
+    def parsed_method(self) -> ParsedMethod:
+        """``method`` as the registry knows it (:func:`ecolora.methods.parse_method`)."""
+        try:
+            return parse_method(self.method)
+        except ValueError as exc:
+            raise ConfigError(f"`method`: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -384,15 +388,15 @@ class RunConfig:
         return _build(cls, data, prefix="")
 
 
-def _check_method_sections(config: RunConfig, base: str, wrapper: str) -> None:
-    """Checks that tie a method's own section to the rest of the config (flasc, hierfedlora, fedbuff)."""
-    _check(not (base == "flasc" and wrapper), "`flasc` already sparsifies both directions; `flasc+ecolora` is not a method (use flasc, or fedit+ecolora).")
-    if base == "hierfedlora":
+def _check_method_sections(config: RunConfig, parsed: ParsedMethod) -> None:
+    """Checks that tie a method's own section to the rest of the config (hier, fedbuff)."""
+    section = parsed.spec.section
+    if section == "hier":
         _check(config.hier.num_groups <= config.fed.num_clients, f"`hier.num_groups` must be <= fed.num_clients ({config.fed.num_clients}), got {config.hier.num_groups}.")
-    if base == "fedbuff":
+    if section == "fedbuff":
         _check(config.fedbuff.concurrency <= config.fed.num_clients, f"`fedbuff.concurrency` must be <= fed.num_clients ({config.fed.num_clients}), got {config.fedbuff.concurrency}.")
         _check(config.fedbuff.clock == "wall" or config.fedbuff.link is not None or len(config.network.scenarios) > 0, "`fedbuff` needs a client link: set fedbuff.link (e.g. 1/5) or network.scenarios.")
-        _check(not wrapper or config.ecolora.aggregate == "delta", f"`fedbuff+ecolora` needs ecolora.aggregate=delta (asynchronous updates are deltas), got {config.ecolora.aggregate!r}.")
+        _check(not parsed.compressed or config.ecolora.aggregate == "delta", f"`fedbuff+ecolora` needs ecolora.aggregate=delta (asynchronous updates are deltas), got {config.ecolora.aggregate!r}.")
 
 
 def _build(cls: type[_Section], data: Mapping[str, Any], prefix: str) -> _Section:

@@ -28,7 +28,7 @@ from ecolora.flower.launch import (
     write_connection,
 )
 from ecolora.flower.settings import resolve_settings
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["fed.num_clients=4", "lora.dropout=0", "train.num_threads=1", "data.limit=120", "data.eval_size=16",

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ecolora.flower.launch import simulate
 from ecolora.flower.settings import resolve_settings
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 
 from .test_cli_smoke import _check_run_dir
 

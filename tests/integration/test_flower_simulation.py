@@ -14,7 +14,7 @@ import pytest
 
 from ecolora.flower.launch import simulate
 from ecolora.flower.settings import resolve_settings
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 from ecolora.strategies.base import Strategy
 
 from .test_cli_smoke import _check_run_dir

@@ -45,8 +45,9 @@ def test_segment_check_ignored_without_ecolora_or_segments():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=fedavg", r"`method` must be one of fedit, ffa, flora, flasc, hierfedlora, fedbuff"),
-        ("method=fedit+foo", r"`method` wrapper must be \+ecolora"),
+        ("method=fedavg", r"`method`: Unknown method 'fedavg'; known: fedit, fedit\+ecolora, ffa, ffa\+ecolora, flora, "
+                           r"flora\+ecolora, flasc, hierfedlora, hierfedlora\+ecolora, fedbuff, fedbuff\+ecolora."),
+        ("method=fedit+foo", r"`method`: the wrapper must be \+ecolora, got 'fedit\+foo'."),
         ("fed.clients_per_round=50", r"`fed.clients_per_round` must be in \[1, num_clients=20\], got 50."),
         ("lora.r=0", r"`lora.r` must be >= 1, got 0."),
         ("train.lr=abc", r"`train.lr` must be a number, got 'abc'."),

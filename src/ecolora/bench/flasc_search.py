@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ecolora.config import RunConfig, load_config
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 
 logger = logging.getLogger("ecolora")
 

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "EcoloraFlowerStrategy": "ecolora.flower.strategy",
+    "FlowerExecutor": "ecolora.flower.executor",
     "FlowerSettings": "ecolora.flower.settings",
     "PayloadError": "ecolora.flower.records",
     "WireMessage": "ecolora.flower.records",

@@ -29,6 +29,7 @@ from ecolora.flower.launch import (
     write_connection,
 )
 from ecolora.flower.settings import resolve_settings
+from ecolora.sim import run_experiment
 
 __all__ = ["BENCH_OVERRIDES", "bench_deployment", "bench_in_process", "bench_simulation", "main"]
 
@@ -56,8 +57,6 @@ class _Stamps(logging.Handler):
 
 
 def bench_in_process(out: Path, rounds: int) -> dict[str, Any]:
-    from ecolora.sim.runner import run_experiment
-
     stamps, logger = _Stamps(), logging.getLogger("ecolora")
     logger.addHandler(stamps)
     old_level = logger.level
@@ -121,9 +120,11 @@ def _flower_result(
             f"{engine}: the run did not finish; flwr run said:\n{proc.stdout[-3000:]}"
         )
     summary = json.loads((out / "summary.json").read_text())
-    rounds = [r["flower_timing"]["round_s"] for r in records]
+    ends = summary["flower_timing"]["round_end_s"]  # the first round's start, then each round's end
+    rounds = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    wait = summary["flower_timing"]["wait_s"] / max(len(rounds), 1)
     return {"engine": engine, "wall_s": wall, "setup_s": summary["wall_s"] - sum(rounds), "round_s": rounds,
-            "records": records}  # fmt: skip
+            "wait_s": wait, "records": records}  # fmt: skip
 
 
 def fresh_import_s() -> float:
@@ -147,11 +148,8 @@ def table(results: list[dict[str, Any]]) -> str:
             len(records), 1
         )
         client = [sum(c.get("client_total_s", 0.0) for c in r["per_client"]) for r in records]
-        wait = [r.get("flower_timing", {}).get("wait_s") for r in records]
         client_s = f"{sum(client) / len(client):.1f}" if any(client) else "-"
-        wait_s = (
-            f"{sum(wait) / len(wait):.1f}" if all(w is not None for w in wait) and wait else "-"
-        )
+        wait_s = f"{res['wait_s']:.1f}" if "wait_s" in res else "-"
         lines.append(f"| {res['engine']} | {res['wall_s']:.1f} | {res['setup_s']:.1f} | {rounds[0]:.1f} | {later:.1f} "
                      f"| {compute:.1f} | {client_s} | {wait_s} |")  # fmt: skip
     return "\n".join(lines)

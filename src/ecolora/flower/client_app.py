@@ -12,8 +12,9 @@
   deployment SuperNode starts one ``flwr-clientapp`` process per message, so there the cache only
   saves work within a message (see docs/flower.md for the measured cost).
 * State: the strategy's per-client state (EcoLoRA: last view, last local LoRA, tau, residuals) lives
-  in ``Context.state`` between rounds (:func:`ecolora.flower.records.save_state`). FLoRA clients
-  also keep every stacked module they received, so a fresh process can rebuild the merged base.
+  in ``Context.state`` between rounds (:func:`ecolora.flower.records.save_state`). So do the
+  low-rank updates a strategy merged into the base weights (:class:`NodeRuntime`, e.g. FLoRA's
+  stacks), so a fresh process rebuilds the same base.
   A message may carry the client's state instead (HierFedLoRA: the ServerApp held it while the
   client led its group, :mod:`ecolora.flower.executor`); it then replaces ``Context.state``.
 """
@@ -23,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -47,13 +50,14 @@ from ecolora.flower.records import (
 )
 from ecolora.flower.settings import FlowerSettings, resolve_settings
 from ecolora.sim.setup import RunSetup, build_setup
+from ecolora.strategies.base import LowRank, TrainResult
 from ecolora.strategies.base import Message as EcoMessage
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["app", "cached_setup", "partition_of", "run_client_round"]
+__all__ = ["NodeRuntime", "app", "cached_setup", "partition_of", "run_client_round"]
 
-FLORA_PREFIX = "flora."
+MERGES_PREFIX = "base-merges."  # Context.state records of the low-rank merges into the base weights
 _SETUPS: dict[str, RunSetup] = {}  # this process's setup, keyed by the resolved config (one entry)
 
 app = ClientApp()
@@ -141,18 +145,11 @@ def run_client_round(
     client = setup.clients[partition_id]
     carry = content.config_records.get(CARRY_RECORD)  # the ServerApp held this client's state
     client.state = load_state(content, CARRIED_STATE) if carry is not None else load_state(state)
-    flora = "stacks" in message.config
-    if flora:
-        stored = _replay_flora_stacks(setup, client, state)
-    reply = strategy.client_round(client, message)
+    runtime = NodeRuntime(client, load_state(state, prefix=MERGES_PREFIX))
+    reply = strategy.client_round(runtime, message)
     save_state(state, client.state)
-    if flora:
-        rounds = sorted(set(stored.get("rounds", [])) | {int(r) for r in message.config["stacks"]})
-        save_state(
-            state,
-            {"rounds": rounds, "tensors": {**stored.get("tensors", {}), **message.tensors}},
-            prefix=FLORA_PREFIX,
-        )
+    if runtime.merges:
+        save_state(state, runtime.merges, prefix=MERGES_PREFIX)
     exact = is_exact(content)
     reply_wire = encode_message(strategy, reply, "up", exact=exact)
     if settings is not None and settings.corrupt_partition == partition_id:
@@ -164,14 +161,57 @@ def run_client_round(
     return out
 
 
-def _replay_flora_stacks(setup: RunSetup, client: Any, state: RecordDict) -> dict[str, Any]:
-    """Merge the FLoRA stacks this node received earlier into this process's base (once per tag)."""
-    from ecolora.strategies.flora import FLoRA
+class NodeRuntime:
+    """The client of a SuperNode as a strategy sees it: this process's client, whose low-rank merges
+    into the base weights (:class:`~ecolora.strategies.base.AdapterRuntime`) outlive the process.
 
-    stored = load_state(state, prefix=FLORA_PREFIX)
-    if stored and isinstance(setup.strategy, FLoRA):
-        FLoRA._merge_missing(client, [int(r) for r in stored["rounds"]], stored["tensors"])
-    return stored
+    ``merges`` (tag -> module -> (B, A)) are the merges of earlier messages, kept in
+    ``Context.state``; they are replayed at once (a process that already merged a tag skips it), and
+    every new merge is added to them.
+    """
+
+    def __init__(self, client: Any, merges: dict[str, Any]) -> None:
+        self.client, self.merges = client, merges
+        for tag, factors in merges.items():
+            client.merge_into_base(tag, {m: tuple(f) for m, f in factors.items()})
+
+    @property
+    def client_id(self) -> int:
+        return int(self.client.client_id)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.client.num_examples)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.client.state
+        return state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.client.state = value
+
+    def get_lora(self) -> dict[str, torch.Tensor]:
+        lora: dict[str, torch.Tensor] = self.client.get_lora()
+        return lora
+
+    def set_lora(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.client.set_lora(tensors)
+
+    def freeze(self, predicate: Callable[[str], bool]) -> None:
+        self.client.freeze(predicate)
+
+    def train(self, server_round: int, config: Mapping[str, Any]) -> TrainResult:
+        result: TrainResult = self.client.train(server_round, config)
+        return result
+
+    def use_rank(self, rank: int) -> None:
+        self.client.use_rank(rank)
+
+    def merge_into_base(self, tag: str, factors: Mapping[str, LowRank]) -> None:
+        self.client.merge_into_base(tag, factors)
+        self.merges[tag] = dict(factors)
 
 
 def _corrupt(strategy: Any, reply: EcoMessage, wire: WireMessage, mode: str) -> WireMessage:

@@ -1,12 +1,16 @@
-"""Client jobs of the FedBuff and HierFedLoRA loops on Flower SuperNodes (:mod:`ecolora.sim.executor`).
+"""Client jobs of every loop (synchronous, FedBuff, HierFedLoRA) on Flower SuperNodes (:mod:`ecolora.sim.executor`).
 
-``start`` packs each job's message exactly as :class:`~ecolora.flower.strategy.EcoloraFlowerStrategy`
-does (codec payload Array + JSON header, :mod:`ecolora.flower.records`), records its download and
+``start`` packs each job's message as the in-process transport does (codec payload Array + JSON
+header, :mod:`ecolora.flower.records`), records its download and
 pushes all of them in one ``Grid.push_messages``; ``wait`` pulls the replies (polling every
 ``poll_s`` until ``timeout_s``), so jobs started together train concurrently on their SuperNodes.
-A reply is checked as on the synchronous path: an error reply, missing records, a wrong stype or
-partition become a :class:`~ecolora.sim.executor.Reply` with a ``reason`` (``error: ...``,
-``payload: ...``, ``config: ...``, ``no_reply: ...``) that the loop logs and handles.
+A reply is checked here: an error reply, missing records, a wrong stype or partition become a
+:class:`~ecolora.sim.executor.Reply` with a ``reason`` (``error: ...``, ``payload: ...``,
+``config: ...``, ``no_reply: ...``) that the loop logs and handles.
+
+Checkpoints (the synchronous loop): :meth:`FlowerExecutor.borrow` fetches every client's state
+before one is written, and after a resume :meth:`FlowerExecutor.lend` makes the next message to
+each client carry its restored state, which replaces whatever its SuperNode kept.
 
 HierFedLoRA's group leader: its role (``start_group``, ``aggregate_intra``, ``close_group``) runs in
 the ServerApp, its training on its SuperNode, and both touch the leader's client state (its view
@@ -49,6 +53,9 @@ logger = logging.getLogger("ecolora")
 
 __all__ = ["FlowerExecutor"]
 
+# The ClientApp's own timing in a reply's MetricRecord -> per-client row keys (not in the ledgered header).
+_TIMING = {"client-setup-s": "client_setup_s", "client-total-s": "client_total_s", "setup-reused": "setup_reused"}
+
 
 class FlowerExecutor:
     """:class:`~ecolora.sim.executor.ClientExecutor` over a Flower ``Grid`` (module docstring).
@@ -77,6 +84,9 @@ class FlowerExecutor:
     def start(self, server_round: int, jobs: Sequence[Job]) -> list[int]:
         messages, sizes = [], []
         for job in jobs:
+            if job.as_seen is not None:
+                raise ValueError(f"Client {job.client}'s job simulates a fault in its local round (faults.nonfinite), "
+                                 "which runs on its SuperNode; unset faults.nonfinite on Flower.")
             wire = encode_message(self.setup.strategy, job.message, "down", exact=job.local)
             if not job.local:
                 self.ledger.record(server_round, job.client, "down", wire.num_bytes, count_params(wire.payload),
@@ -131,6 +141,11 @@ class FlowerExecutor:
             self._held.add(cid)
         return {cid: self.setup.clients[cid] for cid in clients}
 
+    def lend(self, clients: Sequence[int]) -> None:
+        """The ServerApp holds these clients' states (restored from a checkpoint): the next message
+        to each carries its state to its SuperNode, whose own copy may be older or gone."""
+        self._held.update(clients)
+
     # ---- helpers -------------------------------------------------------------------------------
     def _pull(self, wanted: set[str], first_only: bool = False) -> None:
         """Pull until every wanted message id has a reply (``first_only``: one has) or ``timeout_s`` has passed."""
@@ -166,6 +181,7 @@ class FlowerExecutor:
             return out
         record = reply.content.metric_records.get(METRICS_RECORD)
         out.metrics = {k: float(v) for k, v in record.items()} if record is not None else {}
+        out.timing = {ours: out.metrics[theirs] for theirs, ours in _TIMING.items() if theirs in out.metrics}
         try:
             out.wire, partition = from_recorddict(reply.content)
         except PayloadError as exc:

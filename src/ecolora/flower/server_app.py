@@ -3,36 +3,36 @@
 ``flwr run .`` (simulation or deployment) loads ``ecolora.flower.server_app:app``. It
 
 1. resolves the run config into a :class:`~ecolora.config.RunConfig` (:mod:`ecolora.flower.settings`),
-2. writes config.yaml and builds the server's model, data and strategy with
-   :func:`ecolora.sim.setup.build_setup` (the same seeds as the in-process runner),
-3. waits for ``fed.num_clients`` SuperNodes and asks each for its ``partition-id`` (a QUERY message),
-4. runs ``fed.rounds`` rounds through Flower's ``Strategy.start`` with
-   :class:`~ecolora.flower.strategy.EcoloraFlowerStrategy`, writing metrics.jsonl per round,
-5. saves adapter/, summary.json and plots/ with :func:`ecolora.sim.runner.finish_run`.
+2. waits for ``fed.num_clients`` SuperNodes and asks each for its ``partition-id`` (a QUERY message),
+3. runs the method's own loop (:func:`ecolora.sim.get_runner`: the synchronous rounds, FedBuff's
+   event loop or HierFedLoRA's groups), the loop ``ecolora run`` runs, with each client job sent to
+   its SuperNode (:class:`~ecolora.flower.executor.FlowerExecutor`). The loop builds the server's
+   model, data and strategy (:func:`ecolora.sim.setup.build_setup`, the same seeds as in-process)
+   and writes the run directory: config.yaml, metrics.jsonl, checkpoints/, adapter/, summary.json.
 
-fedbuff and hierfedlora have loops of their own (:func:`ecolora.sim.get_runner`): the ServerApp runs
-that same loop, with each client job sent to its SuperNode (:mod:`ecolora.flower.executor`), and
-the loop writes the run directory as in-process (docs/flower.md).
+Run-config ``resume = true`` continues the run in ``out-dir`` from its last checkpoint, as
+``ecolora run --resume`` does (methods with ``MethodSpec.flower_resume``): the checkpoint holds every
+client's state, fetched from the SuperNodes before it is written, and the ServerApp sends each
+client its state back with its next message (docs/flower.md, "Checkpoints and resume").
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from ecolora.config import RunConfig
+from ecolora.flower.executor import FlowerExecutor
 from ecolora.flower.records import PARTITION_QUERY
 from ecolora.flower.settings import FlowerSettings, resolve_settings
-from ecolora.flower.strategy import EcoloraFlowerStrategy
 from ecolora.network.ledger import ByteLedger
+from ecolora.sim import get_runner
 from ecolora.sim.async_runner import write_summary_extras
-from ecolora.sim.runner import finish_run, start_run_dir
-from ecolora.sim.setup import RunSetup, build_setup
+from ecolora.sim.setup import RunSetup
 
 logger = logging.getLogger("ecolora")
 
@@ -49,59 +49,15 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
-    """Run a whole experiment over ``grid``; return the summary written to summary.json.
+    """Run (or, with ``settings.resume``, continue) a whole experiment over ``grid``; return the summary.
 
-    Synchronous methods run through Flower's ``Strategy.start``; fedbuff and hierfedlora run their
-    own loop (:func:`ecolora.sim.get_runner`) with the clients' jobs on the SuperNodes
-    (:class:`~ecolora.flower.executor.FlowerExecutor`).
+    summary.json gets ``flower_timing``: ``round_end_s``, seconds from the loop's start to the
+    start of the first round still to run and then to each round's (server step's) end, the time
+    spent waiting for replies and the number of client jobs.
     """
-    wall_start = time.perf_counter()
     config = settings.config
-    from ecolora.sim import get_runner
-
-    runner = get_runner(config)
-    if runner is not None:
-        _refuse_unsupported(config)
+    _refuse_unsupported(config, settings.resume)
     out_dir = settings.out_dir.expanduser().resolve()
-    if runner is not None:
-        return _run_loop(grid, settings, runner, out_dir)
-    metrics_path = start_run_dir(config, out_dir)
-    setup = build_setup(config)
-    node_of = discover_partitions(
-        grid, config.fed.num_clients, settings.node_wait_s, settings.round_timeout_s
-    )
-    strategy = EcoloraFlowerStrategy(config, setup, node_of, metrics_path)
-    strategy.start(
-        grid,
-        ArrayRecord(),
-        num_rounds=config.fed.rounds,
-        timeout=settings.round_timeout_s,
-        evaluate_fn=strategy.evaluate_round,
-    )
-    if strategy.initial_eval is None:  # evaluate_fn(0, ...) runs first inside start()
-        raise RuntimeError("Flower's Strategy.start did not call evaluate_fn for round 0.")
-    summary = finish_run(
-        config,
-        setup,
-        out_dir,
-        strategy.history,
-        strategy.ledger,
-        strategy.initial_eval,
-        time.perf_counter() - wall_start,
-    )
-    logger.info("Flower run finished: %s", out_dir)
-    return summary
-
-
-def _run_loop(grid: Grid, settings: FlowerSettings, runner: Any, out_dir: Path) -> dict[str, Any]:
-    """fedbuff / hierfedlora: the in-process loop with a :class:`FlowerExecutor` for the clients.
-
-    summary.json gets ``flower_timing``: seconds from the loop's start to each round's (server
-    step's) end, the time spent waiting for replies and the number of client jobs.
-    """
-    from ecolora.flower.executor import FlowerExecutor
-
-    config = settings.config
     node_of = discover_partitions(
         grid, config.fed.num_clients, settings.node_wait_s, settings.round_timeout_s
     )
@@ -116,14 +72,22 @@ def _run_loop(grid: Grid, settings: FlowerSettings, runner: Any, out_dir: Path) 
         if event == "round":
             round_ends.append(time.perf_counter() - start)
 
-    summary: dict[str, Any] = runner(config, out_dir, progress=progress, executor=executor)
+    runner = get_runner(config)
+    summary: dict[str, Any] = runner(config, out_dir, progress=progress, resume=settings.resume, executor=executor)
     timing = {"round_end_s": round_ends, "wait_s": made[0].wait_s, "jobs": made[0].num_jobs}
     logger.info("Flower run finished: %s (%s)", out_dir, timing)
     return write_summary_extras(out_dir, summary, {"flower_timing": timing})
 
 
-def _refuse_unsupported(config: RunConfig) -> None:
-    """Options the fedbuff / hierfedlora loops ignore (in-process they warn) stop a Flower run."""
+def _refuse_unsupported(config: RunConfig, resume: bool) -> None:
+    """Options a method does not support on Flower (``MethodSpec.flower_faults`` and
+    ``flower_resume``; in-process its loop warns) stop a Flower run."""
+    spec = config.parsed_method.spec
+    if resume and not spec.flower_resume:
+        raise ValueError(f"{config.method} cannot resume a Flower run (its clients keep state the ServerApp "
+                         "does not checkpoint); drop `resume` and start over, or resume the run in-process.")
+    if spec.flower_faults:
+        return
     faults = config.faults
     ignored = [name for name in ("dropout", "straggler", "upload_failure", "nonfinite") if getattr(faults, name)]
     if ignored:

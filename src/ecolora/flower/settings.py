@@ -18,6 +18,8 @@ run-config key              meaning
                             summary.json, adapter/, plots/); relative to the ServerApp's cwd
 ``round-timeout``           seconds the ServerApp waits for one round's replies
 ``node-wait``               seconds the ServerApp waits for ``fed.num_clients`` SuperNodes
+``resume``                  ``true``: continue the run in ``out-dir`` from its last checkpoint
+                            (``ecolora run --resume``; the config must be the checkpoint's)
 ``test-corrupt-partition``  TESTS ONLY: the partition whose ClientApp damages its reply (-1: none)
 ``test-corrupt-mode``       TESTS ONLY: ``bytes`` (garbled payload) or ``shape`` (a tensor missing)
 ==========================  =====================================================================
@@ -69,6 +71,7 @@ class FlowerSettings:
         default=-1, metadata={"help": "TESTS ONLY: partition sending bad replies."}
     )
     corrupt_mode: str = field(default="bytes", metadata={"help": "TESTS ONLY: bytes or shape."})
+    resume: bool = field(default=False, metadata={"help": "Continue out-dir's run from its last checkpoint."})
 
     def __post_init__(self) -> None:
         if self.round_timeout_s <= 0:
@@ -130,7 +133,7 @@ def config_keys() -> list[str]:
     return keys
 
 
-_APP_KEYS = ("config", "overrides", "out-dir", "round-timeout", "node-wait", "test-corrupt-partition",
+_APP_KEYS = ("config", "overrides", "out-dir", "round-timeout", "node-wait", "resume", "test-corrupt-partition",
              "test-corrupt-mode")
 
 
@@ -163,4 +166,14 @@ def resolve_settings(
         node_wait_s=float(run_config.get("node-wait", 120.0)),
         corrupt_partition=int(run_config.get("test-corrupt-partition", -1)),
         corrupt_mode=str(run_config.get("test-corrupt-mode", "bytes")),
+        resume=_flag("resume", run_config.get("resume", False)),
     )
+
+
+def _flag(key: str, value: Any) -> bool:
+    """A boolean run-config value: true/false (TOML), or the strings "true"/"false" (``--run-config``)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ValueError(f"`{key}` must be true or false, got {value!r}.")

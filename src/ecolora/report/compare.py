@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ecolora.methods import parse_method
 from ecolora.network import time_to_target
 from ecolora.network.runs import TOTAL_KEYS, annotate_metrics, normalize_scenarios
 from ecolora.report.runs import load_run, run_labels
@@ -74,8 +75,9 @@ def _timings(metrics: list[dict[str, Any]], summary: Mapping[str, Any], scenario
         totals: dict[str, float | int] = {k: float(sum(m["net"][key].get(k, 0.0) for m in metrics)) for k in TOTAL_KEYS}
         totals["rounds"] = len(metrics)
         return metrics, {key: totals}
-    base = str(summary.get("method", "")).partition("+")[0]
-    if base in ("fedbuff", "hierfedlora"):
+    method = str(summary.get("method", ""))
+    if _own_timing(method):
+        base = parse_method(method).spec.name
         have = sorted({k for m in metrics for k in m.get("net", {})})
         raise ValueError(f"{run_dir}: {base} times its rounds itself and has no timing for {key} (it has {have}); "
                          f"compare it under one of those, or re-run it with that link (fedbuff.link / network.scenarios).")
@@ -135,3 +137,11 @@ def format_netsim(result: dict[str, Any]) -> str:
         t = data["total"]
         lines.append(f"| {key} | {t['upload_s']:.1f} | {t['download_s']:.1f} | {t['comm_s']:.1f} | {t['compute_s']:.1f} | {t['round_s']:.1f} |")
     return "\n".join(lines)
+
+
+def _own_timing(method: str) -> bool:
+    """Whether a run's loop times its rounds itself (every loop but the synchronous one)."""
+    try:
+        return parse_method(method).spec.loop != "sync"
+    except ValueError:  # a run of a method this installation does not know
+        return False

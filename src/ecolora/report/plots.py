@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ecolora.methods import parse_method  # noqa: E402
 from ecolora.report.runs import load_run, run_labels  # noqa: E402
 
 __all__ = ["plot_quality_vs_bytes", "plot_run"]
@@ -65,19 +66,19 @@ def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
         metrics, summary = load_run(Path(run_dir))
         total = _cumsum([(m["upload_bytes"] + m["download_bytes"]) / 1e6 for m in metrics])
         pts = [(t, m["eval_loss"]) for t, m in zip(total, metrics, strict=False) if m["eval_loss"] is not None]
-        curves.append((label, summary.get("initial_eval_loss"), pts))
+        curves.append((label, summary.get("initial_eval_loss"), pts, _compressed(summary.get("method"))))
     # Runs whose traffic differs by more than 20x (FLoRA's download) share a log axis; the start
     # (0 MB, initial loss) then has no place on it and is left out.
-    ends = [pts[-1][0] for _, _, pts in curves if pts and pts[-1][0] > 0]
+    ends = [pts[-1][0] for _, _, pts, _ in curves if pts and pts[-1][0] > 0]
     log_x = len(ends) > 1 and max(ends) > 20 * min(ends)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     cmap = matplotlib.colormaps["tab10" if len(curves) <= 10 else "tab20"]
     colors = [cmap(i) for i in range(cmap.N)]  # a qualitative map: its N listed colors
-    for i, (label, initial, pts) in enumerate(curves):
+    for i, (label, initial, pts, dashed) in enumerate(curves):
         if initial is not None and not log_x:
             pts = [(0.0, initial)] + pts
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv"[i % 5], color=colors[i % len(colors)],
-                linestyle="--" if "+ecolora" in label else "-", label=label)
+                linestyle="--" if dashed else "-", label=label)
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel="cumulative total traffic (MB, up + down)" + (", log scale" if log_x else ""),
@@ -98,3 +99,11 @@ def _cumsum(values: Sequence[float]) -> list[float]:
         acc += v
         out.append(acc)
     return out
+
+
+def _compressed(method: object) -> bool:
+    """Whether a run's method is a ``+ecolora`` one (dashed in the comparison plot)."""
+    try:
+        return parse_method(str(method)).compressed
+    except ValueError:  # a method this installation does not know
+        return False

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ecolora.config import RunConfig
+from ecolora.sim import run_experiment
 from ecolora.sim.checkpoint import CHECKPOINT_DIR, list_checkpoints
-from ecolora.sim.runner import run_experiment
 
 __all__ = ["round_table", "run_with_progress"]
 

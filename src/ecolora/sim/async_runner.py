@@ -362,6 +362,8 @@ def run_async(config: RunConfig, out_dir: Path, progress: ProgressHook | None = 
         loop.set_clock(resume_at_s)
     else:
         loop.set_clock(0.0)  # the wall clock starts with the first dispatch
+    if progress:
+        progress("round", loop.step, config.fed.rounds)  # the steps already taken: the loop starts
 
     def on_step(jobs: list[_Job], buffer: dict[int, Message], now: float) -> None:
         start = journal.history[-1]["sim_time_s"] if journal.history else 0.0

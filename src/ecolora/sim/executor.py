@@ -48,6 +48,11 @@ class Job:
     message: Message
     channel: str = "global"
     local: bool = False
+    as_seen: Callable[[ClientRuntime], ClientRuntime] | None = None  # a simulated fault in the local round
+
+    def runtime(self, client: ClientRuntime) -> ClientRuntime:
+        """The client as its local round sees it (``as_seen``: e.g. a diverging trainer)."""
+        return client if self.as_seen is None else self.as_seen(client)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Reply:
     reason: str | None = None  # "<code>: <why>" when the reply is unusable (error, damaged)
     source: str = "in-process"  # who answered, for error messages ("node 7")
     message: Message | None = None  # in-process local jobs: the reply object itself
+    timing: Mapping[str, float] = field(default_factory=dict)  # the engine's own per-client timing (Flower)
 
     @property
     def upload_bytes(self) -> int:
@@ -89,7 +95,12 @@ class ClientExecutor(Protocol):
 
     def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
         """Runtimes whose ``state`` is each client's current state, for work the server process does
-        on a client's behalf (HierFedLoRA's group leader)."""
+        on a client's behalf (HierFedLoRA's group leader) or for a checkpoint."""
+        ...
+
+    def lend(self, clients: Sequence[int]) -> None:
+        """The server's copies of these clients' states are the current ones (restored from a
+        checkpoint): each goes to its client with the client's next job."""
         ...
 
 
@@ -100,22 +111,24 @@ def receive_reply(strategy: Strategy, ledger: ByteLedger, server_round: int, rep
     """The reply reaches the server: record its upload (unless local) and decode it.
 
     Returns ``(message, None)``, or ``(None, "<code>: <why>")`` for an unusable reply (its bytes
-    still count when they arrived: they crossed the network).
+    still count when they arrived: they crossed the network; its values do not).
     """
-    job = reply.job
-    if reply.wire is not None and not job.local:
-        ledger.record(server_round, job.client, "up", reply.wire.num_bytes, safe_count_params(reply.wire.payload),
-                      job.channel)  # fmt: skip
-    if reply.reason is not None:
-        return None, reply.reason
-    if reply.message is not None:
-        return reply.message, None
-    if reply.wire is None:
-        return None, "no_reply: nothing came back"
-    try:
-        return decode_message(strategy, reply.wire), None
-    except PayloadError as exc:
-        return None, f"payload: {exc}"
+    job, wire = reply.job, reply.wire
+    message: Message | None = None
+    reason = reply.reason
+    if reason is None and reply.message is not None:
+        message = reply.message
+    elif reason is None and wire is None:
+        reason = "no_reply: nothing came back"
+    elif reason is None and wire is not None:
+        try:
+            message = decode_message(strategy, wire)
+        except PayloadError as exc:
+            reason = f"payload: {exc}"
+    if wire is not None and not job.local:  # values counted only where the payload decodes
+        ledger.record(server_round, job.client, "up", wire.num_bytes,
+                      safe_count_params(wire.payload) if message is not None else 0, job.channel)  # fmt: skip
+    return message, reason
 
 
 class InProcessExecutor:
@@ -130,7 +143,7 @@ class InProcessExecutor:
         strategy = self.setup.strategy
         tickets = []
         for job in jobs:
-            client = self.setup.clients[job.client]
+            client = job.runtime(self.setup.clients[job.client])
             if job.local:  # the device's own message: no bytes, no copy
                 reply = strategy.client_round(client, job.message)
                 done = Reply(job, 0, metrics=dict(reply.metrics), message=reply)
@@ -154,3 +167,7 @@ class InProcessExecutor:
 
     def borrow(self, clients: Sequence[int]) -> dict[int, ClientRuntime]:
         return {cid: self.setup.clients[cid] for cid in clients}
+
+    def lend(self, clients: Sequence[int]) -> None:
+        """Nothing to send: the clients' states are these runtimes' own."""
+        del clients

@@ -1,4 +1,4 @@
-"""Seeded client faults for the in-process runner: dropouts, stragglers and broken uploads.
+"""Seeded client faults of the synchronous loop: dropouts, stragglers, broken uploads, diverged LoRA.
 
 Each sampled client of each round draws its fault from ``np.random.default_rng([seed, round,
 client, 0xFA])``: the same run gets the same faults whatever else draws random numbers, and a
@@ -14,7 +14,7 @@ resumed run gets the faults the uninterrupted run got (nothing to checkpoint). W
 * ``upload_failure``: the connection breaks mid-upload: only the first ``floor(u * len)`` bytes of
   the codec payload arrive (u uniform in [0, 1)), after the JSON header. The ledger counts the
   bytes that arrived (0 values); the server's ``unpack`` raises :class:`~ecolora.codec.CodecError`
-  and the reply is ``rejected`` with reason ``payload: <the codec's message>``.
+  and the reply is ``rejected`` with reason ``payload: ...`` and the codec's message.
 
 * ``nonfinite``: local training ends with NaN and +inf in the client's LoRA (a diverged run, an
   fp16 overflow). The client checks its LoRA before compressing it and replies without tensors,
@@ -27,20 +27,19 @@ would: nothing is skipped by a flag the server can read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ecolora.codec import CodecError
 from ecolora.config import FaultConfig
-from ecolora.sim.transport import InProcessTransport, count_params
-from ecolora.strategies.base import ClientRuntime, Message, Strategy, TrainResult
+from ecolora.sim.executor import Reply
+from ecolora.sim.transport import WireMessage
+from ecolora.strategies.base import ClientRuntime, LowRank, TrainResult, adapter_runtime
 
-__all__ = ["FAULT_KINDS", "ClientFault", "NonFiniteLoRA", "UploadOutcome", "draw_fault", "faulty_runtime", "upload"]
+__all__ = ["FAULT_KINDS", "ClientFault", "NonFiniteLoRA", "draw_fault", "fault_reply", "faulty_runtime", "runtime_fault"]
 
 FAULT_KINDS = ("dropout", "straggler", "upload_failure", "nonfinite")
 _STREAM = 0xFA  # keeps these draws apart from any other seeded stream
@@ -50,15 +49,6 @@ _STREAM = 0xFA  # keeps these draws apart from any other seeded stream
 class ClientFault:
     kind: str  # one of FAULT_KINDS
     cut_fraction: float = 0.0  # upload_failure: fraction of the payload that arrives, in [0, 1)
-
-
-@dataclass
-class UploadOutcome:
-    """What the server got: a decoded reply, or why not (``dropped`` or ``rejected``)."""
-
-    message: Message | None = None
-    dropped: str | None = None  # dropout / straggler: the reply never entered aggregation
-    rejected: str | None = None  # the bytes arrived but could not be decoded
 
 
 def draw_fault(faults: FaultConfig, seed: int, server_round: int, client_id: int) -> ClientFault | None:
@@ -108,10 +98,10 @@ class NonFiniteLoRA:
         self.client.freeze(predicate)
 
     def use_rank(self, rank: int) -> None:
-        self.client.use_rank(rank)
+        adapter_runtime(self.client).use_rank(rank)
 
-    def merge_into_base(self, tag: str, deltas: Mapping[str, torch.Tensor]) -> None:
-        self.client.merge_into_base(tag, deltas)
+    def merge_into_base(self, tag: str, factors: Mapping[str, LowRank]) -> None:
+        adapter_runtime(self.client).merge_into_base(tag, factors)
 
 
 def faulty_runtime(client: ClientRuntime, fault: ClientFault | None) -> ClientRuntime:
@@ -119,29 +109,26 @@ def faulty_runtime(client: ClientRuntime, fault: ClientFault | None) -> ClientRu
     return NonFiniteLoRA(client) if fault is not None and fault.kind == "nonfinite" else client
 
 
-def upload(
-    transport: InProcessTransport, server_round: int, client_id: int, reply: Message, fault: ClientFault | None
-) -> UploadOutcome:
-    """Send ``reply`` to the server under ``fault``, recording the bytes that crossed."""
-    if fault is not None and fault.kind == "dropout":
-        return UploadOutcome(dropped="dropout: the client never replied")
-    if fault is None or fault.kind == "nonfinite":  # a regular upload of what the client sends
-        try:
-            return UploadOutcome(message=transport.send(server_round, client_id, "up", reply))
-        except CodecError as exc:
-            return UploadOutcome(rejected=f"payload: {exc}")
-    strategy: Strategy = transport.strategy
-    payload = strategy.pack(reply, "up")
-    header = Strategy.pack_config(reply.config, reply.num_examples, reply.metrics)
+def runtime_fault(fault: ClientFault | None) -> Callable[[ClientRuntime], ClientRuntime] | None:
+    """What ``fault`` does to the client's local round (:attr:`ecolora.sim.executor.Job.as_seen`):
+    only ``nonfinite`` acts there; None for the others."""
+    return NonFiniteLoRA if fault is not None and fault.kind == "nonfinite" else None
+
+
+def fault_reply(reply: Reply, fault: ClientFault | None) -> tuple[Reply, str | None]:
+    """``reply`` as the server gets it under ``fault``, and why it is dropped (None: it is received).
+
+    A dropped straggler's reply still crosses the link (the loop records its bytes, then discards
+    it); a dropout's never does; a broken upload keeps its header and the first
+    ``floor(u * len)`` bytes of its payload, and is received (and rejected when it does not decode).
+    ``nonfinite`` acted during the local round (:func:`faulty_runtime`): its reply is sent as is.
+    """
+    if fault is None or fault.kind == "nonfinite" or reply.wire is None:
+        return reply, None
+    if fault.kind == "dropout":
+        return replace(reply, wire=None, message=None), "dropout: the client never replied"
     if fault.kind == "straggler":
-        transport.ledger.record(server_round, client_id, "up", len(payload) + len(header), count_params(payload))
-        return UploadOutcome(dropped="straggler: the reply arrived after the round deadline")
-    arrived = payload[: int(fault.cut_fraction * len(payload))]
-    transport.ledger.record(server_round, client_id, "up", len(arrived) + len(header), 0)
-    try:
-        tensors = strategy.unpack(arrived)
-    except CodecError as exc:
-        return UploadOutcome(rejected=f"payload: {exc}")
-    body = json.loads(header)  # a prefix that still decodes is judged like any reply
-    return UploadOutcome(message=Message(config=body["config"], tensors=tensors,
-                                         num_examples=int(body["num_examples"]), metrics=body["metrics"]))
+        return reply, "straggler: the reply arrived after the round deadline"
+    payload = reply.wire.payload
+    arrived = WireMessage(payload=payload[: int(fault.cut_fraction * len(payload))], header=reply.wire.header)
+    return replace(reply, wire=arrived), None

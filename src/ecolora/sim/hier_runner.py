@@ -70,8 +70,7 @@ from ecolora.sim.runner import (
 from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies.base import Message
-from ecolora.strategies.grouping import category_counts
-from ecolora.strategies.hierfedlora import HierFedLoRA
+from ecolora.strategies.grouping import GroupedStrategy, category_counts
 
 logger = logging.getLogger("ecolora")
 
@@ -94,8 +93,8 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     out_dir = journal.out_dir
     setup = build_setup(config)
     strategy = setup.strategy
-    if not isinstance(strategy, HierFedLoRA):
-        raise TypeError(f"run_hierarchical runs hierfedlora[+ecolora], got a {type(strategy).__name__} strategy.")
+    if not isinstance(strategy, GroupedStrategy):
+        raise TypeError(f"run_hierarchical runs a GroupedStrategy, got a {type(strategy).__name__} ({config.method}).")
     plans = strategy.form_groups(category_counts(setup.partition_stats))
     ledger = ByteLedger()
     transport = InProcessTransport(strategy, ledger)  # server <-> leaders: the ServerApp's own traffic
@@ -106,6 +105,8 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     sizes = {c.client_id: c.num_examples for c in setup.clients}
     done = journal.begin(setup, rng, ledger)  # creates the run directory
     (out_dir / "groups.json").write_text(json.dumps([p.to_dict() for p in plans], indent=2), encoding="utf-8")
+    if progress:
+        progress("round", done, config.fed.rounds)  # the rounds already done: the loop starts
     for server_round in range(done + 1, config.fed.rounds + 1):
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
         groups = strategy.round_groups(sampled, sizes)
@@ -135,7 +136,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
 
 
 def _group_round(
-    strategy: HierFedLoRA, transport: InProcessTransport, ledger: ByteLedger, server_round: int, group: int,
+    strategy: GroupedStrategy, transport: InProcessTransport, ledger: ByteLedger, server_round: int, group: int,
     members: list[int], down: Message, last_replies: dict[int, Message], progress: ProgressHook | None,
     work: ClientExecutor,
 ) -> tuple[Message, GroupTraffic]:
@@ -161,7 +162,7 @@ def _group_round(
             reply, reason = receive_reply(strategy, ledger, server_round, got)
             if reply is None:  # tau_g aggregations and the delta views need every member's update
                 raise RuntimeError(
-                    f"HierFedLoRA round {server_round}, group {group}, intra round {intra_round}: client "
+                    f"{strategy.name} round {server_round}, group {group}, intra round {intra_round}: client "
                     f"{job.client} ({got.source}) sent no usable update: {reason}"
                 )
             rows.append({"client": job.client, "download_bytes": got.download_bytes, "upload_bytes": got.upload_bytes,
@@ -181,7 +182,7 @@ def _round_record(
     last_replies: dict[int, Message], traffic: dict[int, GroupTraffic], metrics: dict[str, Any],
 ) -> dict[str, Any]:
     strategy = setup.strategy
-    assert isinstance(strategy, HierFedLoRA)
+    assert isinstance(strategy, GroupedStrategy)
     per_client = []
     for cid in sorted(last_replies):
         rounds = [row for t in traffic.values() for rows in t["intra"] for row in rows if row["client"] == cid]

@@ -43,10 +43,7 @@ from ecolora.sim.checkpoint import (
     rewrite_metrics,
     save_checkpoint,
 )
-from ecolora.sim.faults import draw_fault, faulty_runtime, upload
-from ecolora.sim.runtime import SimClient
-from ecolora.sim.setup import RunSetup, build_setup
-from ecolora.sim.transport import InProcessTransport
+from ecolora.sim.setup import RunSetup
 from ecolora.strategies.base import Message
 
 logger = logging.getLogger("ecolora")
@@ -57,96 +54,11 @@ __all__ = [
     "evaluate_global",
     "finish_round",
     "finish_run",
-    "run_experiment",
     "sample_clients",
     "start_run_dir",
 ]
 
 ProgressHook = Callable[[str, int, int], None]  # (event, done, total): "round" / "client"
-
-
-def run_experiment(
-    config: RunConfig, out_dir: Path, progress: ProgressHook | None = None, resume: bool = False
-) -> dict[str, Any]:
-    """Run one federated fine-tuning experiment and write its run directory; return the summary.
-
-    With ``resume=True`` the run in ``out_dir`` continues from its last complete checkpoint
-    (written every ``fed.checkpoint_every`` rounds, see :mod:`ecolora.sim.checkpoint`) and ends
-    exactly as the uninterrupted run would have; without a checkpoint it starts over in place.
-    """
-    from ecolora.sim import get_runner  # fedbuff, hierfedlora: their own loops (ecolora.sim)
-
-    runner = get_runner(config)
-    if runner is not None:
-        return runner(config, out_dir, progress, resume)
-    journal = RunJournal(config, out_dir, resume)
-    setup = build_setup(config)
-    ledger = ByteLedger()
-    transport = InProcessTransport(setup.strategy, ledger)
-    rng = np.random.default_rng(config.seed)
-    fed = config.fed
-    done = journal.begin(setup, rng, ledger)
-    for server_round in range(done + 1, fed.rounds + 1):
-        # ---- sample, then local work and streaming aggregation, each message through bytes ----
-        sampled = sample_clients(rng, fed.num_clients, fed.clients_per_round)
-        arrived, per_client, strategy_metrics = _play_round(config, setup, transport, server_round, sampled, progress)
-        # ---- evaluate, record, checkpoint ------------------------------------------------------
-        journal.append(finish_round(
-            config, setup, ledger, server_round, sampled, arrived, per_client, strategy_metrics
-        ))
-        journal.checkpoint(server_round, fed.checkpoint_every, setup, rng, ledger)
-        if progress:
-            progress("round", server_round, fed.rounds)
-    return journal.finish(setup, ledger)
-
-
-def _play_round(
-    config: RunConfig,
-    setup: RunSetup,
-    transport: InProcessTransport,
-    server_round: int,
-    sampled: list[int],
-    progress: ProgressHook | None,
-) -> tuple[dict[int, Message], list[dict[str, Any]], dict[str, Any]]:
-    """One round's messages, local work, faults and streaming aggregation.
-
-    Each reply is folded into the aggregate as it arrives and its tensors are dropped, so the
-    server never holds more than one reply. Returns the accepted replies without tensors (for the
-    record), the per-client rows and the strategy's metrics plus ``dropped: [{client, reason}]``.
-    """
-    strategy = setup.strategy
-    messages = strategy.configure_round(server_round, sampled)
-    strategy.aggregate_begin(server_round)
-    arrived: dict[int, Message] = {}
-    per_client: list[dict[str, Any]] = []
-    dropped: list[dict[str, Any]] = []
-    for done, cid in enumerate(sampled):
-        client: SimClient = setup.clients[cid]
-        received = transport.send(server_round, cid, "down", messages.pop(cid))
-        fault = draw_fault(config.faults, config.seed, server_round, cid)
-        reply = strategy.client_round(faulty_runtime(client, fault), received)
-        row: dict[str, Any] = {"client": cid, "compute_s": reply.metrics.get("compute_s", 0.0),
-                               "train_loss": reply.metrics.get("train_loss")}
-        outcome = upload(transport, server_round, cid, reply, fault)
-        reason = outcome.dropped or outcome.rejected
-        if outcome.dropped:
-            dropped.append({"client": cid, "reason": outcome.dropped})
-        elif outcome.rejected:
-            strategy.aggregate_reject(cid, outcome.rejected)
-        else:
-            assert outcome.message is not None
-            reason = strategy.aggregate_add(cid, outcome.message)
-            if reason is None:
-                got = outcome.message
-                arrived[cid] = Message(config=got.config, num_examples=got.num_examples, metrics=got.metrics)
-        if reason is not None:
-            row["status"] = f"dropped: {reason}" if outcome.dropped else f"rejected: {reason}"
-        per_client.append(row)
-        if progress:
-            progress("client", done + 1, len(sampled))
-    if dropped:
-        logger.info("round %d: %d client(s) dropped: %s", server_round, len(dropped), dropped)
-    return arrived, per_client, {**strategy.aggregate_end(server_round), "dropped": dropped}
 
 
 class RunJournal:

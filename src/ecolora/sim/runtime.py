@@ -16,7 +16,7 @@ from peft import PeftModel
 
 from ecolora.client.lora import add_to_base_weights, get_lora_state, set_lora_state, use_adapter
 from ecolora.client.train import LocalTrainer
-from ecolora.strategies.base import TrainResult
+from ecolora.strategies.base import LowRank, TrainResult
 
 __all__ = ["SharedModel", "SimClient"]
 
@@ -27,7 +27,7 @@ class SharedModel:
 
     model: PeftModel
     trainer: LocalTrainer
-    adapter_for_rank: Callable[[int], str] | None = None  # FLoRA: rank -> adapter name
+    adapter_for_rank: Callable[[int], str] | None = None  # rank -> adapter name (Strategy.adapter_ranks)
     active_adapter: str = "default"
     merged_tags: set[str] = field(default_factory=set)
 
@@ -62,15 +62,16 @@ class SimClient:
 
     def use_rank(self, rank: int) -> None:
         if self.shared.adapter_for_rank is None:
-            raise ValueError("This run has a single LoRA rank; use_rank needs flora ranks.")
+            raise ValueError(f"This run has a single LoRA adapter; use_rank({rank}) needs the strategy's adapter_ranks().")
         name = self.shared.adapter_for_rank(rank)
         use_adapter(self.shared.model, name)
         self.shared.active_adapter = name
 
-    def merge_into_base(self, tag: str, deltas: Mapping[str, torch.Tensor]) -> None:
-        """Add dense deltas to base weights once per tag (all simulated clients share the base)."""
+    def merge_into_base(self, tag: str, factors: Mapping[str, LowRank]) -> None:
+        """Add ``B @ A`` to each module's base weight once per tag (all simulated clients share the base)."""
         if tag in self.shared.merged_tags:
             return
+        deltas = {m: b.float() @ a.float() for m, (b, a) in factors.items()}  # (d_out, d_in)
         add_to_base_weights(self.shared.model, deltas)
         self.shared.merged_tags.add(tag)
 

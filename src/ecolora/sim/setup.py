@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,6 @@ from ecolora.client.lora import (
     add_lora_adapter,
     attach_lora,
     get_lora_state,
-    save_adapter,
 )
 from ecolora.client.model import BUILTIN_MODELS, check_model_fits_device, load_base_model
 from ecolora.client.train import LocalTrainer, sft_loss
@@ -41,7 +40,6 @@ logger = logging.getLogger("ecolora")
 __all__ = [
     "RunSetup",
     "TaskData",
-    "build_method_strategy",
     "build_setup",
     "build_task",
     "base_model_id",
@@ -110,11 +108,7 @@ class RunSetup:
     def save_adapter(self, out_dir: Path) -> None:
         """The global adapter in PEFT format, with the base's hub id or folder and the tokenizer,
         so ``AutoPeftModelForCausalLM.from_pretrained(out_dir)`` works on any machine."""
-        custom = getattr(self.strategy, "save_global_adapter", None)
-        if custom is not None:
-            custom(self.shared.model, out_dir)
-        else:
-            save_adapter(self.shared.model, self.strategy.global_lora(), out_dir)
+        self.strategy.save_adapter(self.shared.model, out_dir)
         if self.base_model is not None:
             config_path = Path(out_dir) / "adapter_config.json"
             adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -195,8 +189,9 @@ def build_setup(config: RunConfig) -> RunSetup:
     )
     with setup_step("bad lora.target_modules", "set lora.target_modules to Linear modules of this model"):
         model = attach_lora(base, settings, seed=config.seed)
-    adapter_for_rank = _flora_adapters(config, model, settings)
     initial_lora = get_lora_state(model)
+    strategy = build_strategy(config, initial_lora)
+    adapter_for_rank = _rank_adapters(strategy.adapter_ranks(), model, settings, config.seed)
 
     with setup_step(f"cannot read data {config.data.source!r}", DATA_FIX):
         task = build_task(config, tokenizer)
@@ -232,7 +227,6 @@ def build_setup(config: RunConfig) -> RunSetup:
         SimClient(cid, list(partitioner.load_partition(cid)), shared)
         for cid in range(config.fed.num_clients)
     ]
-    strategy = build_method_strategy(config, initial_lora)
     eval_client = SimClient(-1, [], shared)
     eval_fn = _make_eval_fn(config, model, task)
     logger.info(
@@ -259,31 +253,11 @@ def build_setup(config: RunConfig) -> RunSetup:
     )
 
 
-def build_method_strategy(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
-    """The strategy of ``config.method``, the one object every engine's server and clients use.
-
-    fedbuff[+ecolora] and hierfedlora[+ecolora] have builders of their own (the generic one would
-    wrap them in plain EcoLoRA); every other method comes from the registry.
-    """
-    base = config.method.partition("+")[0]
-    if base == "fedbuff":
-        from ecolora.strategies.fedbuff import build_fedbuff
-
-        return build_fedbuff(config, initial_lora)
-    if base == "hierfedlora":
-        from ecolora.strategies.hierfedlora import build_hierfedlora
-
-        return build_hierfedlora(config, initial_lora)
-    return build_strategy(config, initial_lora)
-
-
-def _flora_adapters(
-    config: RunConfig, model: Any, settings: LoraSettings
+def _rank_adapters(
+    ranks: list[int], model: Any, settings: LoraSettings, seed: int
 ) -> Callable[[int], str] | None:
-    """FLoRA with heterogeneous ranks: one extra adapter per distinct rank on the same base."""
-    if not config.method.startswith("flora"):
-        return None
-    ranks = sorted(set(config.flora.ranks or [config.lora.r]))
+    """One extra adapter per LoRA rank the strategy's clients train (``Strategy.adapter_ranks``),
+    all on the same base; None when the clients train the default adapter."""
     for rank in ranks:
         add_lora_adapter(
             model,
@@ -294,9 +268,9 @@ def _flora_adapters(
                 dropout=settings.dropout,
                 target_modules=settings.target_modules,
             ),
-            seed=config.seed,
+            seed=seed,
         )
-    return lambda rank: f"r{rank}"
+    return (lambda rank: f"r{rank}") if ranks else None
 
 
 eval_extra: dict[str, float] = {}  # extra held-out metrics of the last evaluation (DPO rewards)

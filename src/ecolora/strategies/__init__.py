@@ -1,4 +1,4 @@
-"""Federated algorithms, one per file, found by name (``method: fedit``, ``ffa+ecolora``, ...)."""
+"""Federated algorithms, one per file, found by name through the method registry (:mod:`ecolora.methods`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from ecolora.strategies.base import (
     Message,
     Strategy,
     TrainResult,
-    get_strategy_class,
-    register_strategy,
-    strategy_names,
+    train_metrics,
     weighted_average,
 )
 from ecolora.strategies.fedit import FedIT, FFALoRA
@@ -31,22 +29,15 @@ __all__ = [
     "Strategy",
     "TrainResult",
     "build_strategy",
-    "get_strategy_class",
-    "register_strategy",
-    "strategy_names",
+    "train_metrics",
     "weighted_average",
 ]
 
 
 def build_strategy(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
-    """Instantiate ``config.method``: a base algorithm, optionally wrapped by EcoLoRA."""
-    base_name, _, wrapper = config.method.partition("+")
-    if wrapper == "ecolora":
-        from ecolora.strategies.ecolora import build_ecolora
-
-        return build_ecolora(base_name, config, initial_lora)
-    return get_strategy_class(base_name)(config, initial_lora)
-
-
-# Register the remaining algorithms (after build_strategy: they import the EcoLoRA wrapper).
-from ecolora.strategies import fedbuff, flasc, hierfedlora  # noqa: E402, F401
+    """The strategy of ``config.method``, the one object every engine's server and clients use."""
+    parsed = config.parsed_method
+    strategy = parsed.spec.factory(parsed.compressed)(config, initial_lora)
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"The factory of method {parsed.name!r} built a {type(strategy).__name__}, not a Strategy.")
+    return strategy

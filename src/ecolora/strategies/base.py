@@ -35,11 +35,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from ecolora import codec
+from ecolora.client.lora import save_adapter as save_peft_adapter
 from ecolora.config import RunConfig
 from ecolora.strategies.message import Message
 from ecolora.strategies.validation import validate_update
@@ -47,17 +49,18 @@ from ecolora.strategies.validation import validate_update
 logger = logging.getLogger("ecolora")
 
 __all__ = [
+    "AdapterRuntime",
     "AggregationError",
     "ClientRuntime",
+    "LowRank",
+    "adapter_runtime",
     "Message",
     "clip_delta_reply",
     "Strategy",
     "TrainResult",
     "clip_factor",
     "overlay_lora",
-    "get_strategy_class",
-    "register_strategy",
-    "strategy_names",
+    "train_metrics",
     "weighted_average",
 ]
 
@@ -76,6 +79,17 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def train_metrics(result: TrainResult) -> dict[str, float]:
+    """The metrics a client reports with its reply (losses, compute time, steps, the trainer's own)."""
+    return {
+        "train_loss": float(result.train_loss),
+        "initial_loss": float(result.initial_loss),
+        "compute_s": float(result.compute_s),
+        "num_steps": float(result.num_steps),
+        **{k: float(v) for k, v in result.metrics.items()},
+    }
+
+
 class ClientRuntime(Protocol):
     """A client as a strategy sees it: its LoRA, its persistent state and its trainer.
 
@@ -84,8 +98,10 @@ class ClientRuntime(Protocol):
     on Flower) and holds only tensors and JSON-able values.
     """
 
-    client_id: int
     state: dict[str, Any]
+
+    @property
+    def client_id(self) -> int: ...
 
     @property
     def num_examples(self) -> int: ...
@@ -98,9 +114,31 @@ class ClientRuntime(Protocol):
 
     def freeze(self, predicate: Callable[[str], bool]) -> None: ...
 
+
+LowRank = tuple[torch.Tensor, torch.Tensor]  # (B (d_out, r), A (r, d_in)): the update B @ A of one module
+
+
+@runtime_checkable
+class AdapterRuntime(ClientRuntime, Protocol):
+    """A client that can do more than train one persistent LoRA (FLoRA needs both):
+
+    * ``use_rank(r)``: train the adapter of rank ``r`` (one per :meth:`Strategy.adapter_ranks`);
+    * ``merge_into_base(tag, factors)``: add ``B @ A`` to the base weight of each module once per
+      ``tag`` (a client merging a tag it merged before does nothing). On Flower the merges are
+      kept in ``Context.state``, so a new ClientApp process replays them.
+    """
+
     def use_rank(self, rank: int) -> None: ...
 
-    def merge_into_base(self, tag: str, deltas: Mapping[str, torch.Tensor]) -> None: ...
+    def merge_into_base(self, tag: str, factors: Mapping[str, LowRank]) -> None: ...
+
+
+def adapter_runtime(runtime: ClientRuntime) -> AdapterRuntime:
+    """``runtime`` as an :class:`AdapterRuntime`; a clear error for an engine without it."""
+    if not isinstance(runtime, AdapterRuntime):
+        raise TypeError(f"This method needs an AdapterRuntime (use_rank, merge_into_base); {type(runtime).__name__} "
+                        "is not one.")
+    return runtime
 
 
 class Strategy(ABC):
@@ -122,6 +160,16 @@ class Strategy(ABC):
     @abstractmethod
     def global_lora(self) -> dict[str, torch.Tensor]:
         """The global LoRA tensors to evaluate and save (full names, fp32)."""
+
+    def adapter_ranks(self) -> list[int]:
+        """LoRA ranks the clients train in adapters of their own (FLoRA's heterogeneous ranks); the
+        engine adds one adapter per rank at setup. Empty (default): the clients train ``lora.r``'s."""
+        return []
+
+    def save_adapter(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Write the global model as a PEFT adapter folder (default: :meth:`global_lora` in the
+        model's own adapter config)."""
+        save_peft_adapter(model, self.global_lora(), out_dir)
 
     def prepare_eval(self, runtime: ClientRuntime) -> None:
         """Put the global model into ``runtime``'s model for evaluation."""
@@ -341,28 +389,3 @@ def weighted_average(
         assert acc is not None
         out[key] = acc
     return out
-
-
-# ---- registry (peft's register_peft_method in spirit) --------------------------------------------
-_REGISTRY: dict[str, type[Strategy]] = {}
-
-
-def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy available by its ``name``; duplicates are refused."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} must set a non-empty `name` to be registered.")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"Strategy name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}.")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def strategy_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_strategy_class(name: str) -> type[Strategy]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Unknown method {name!r}; known: {', '.join(strategy_names())}.") from None

@@ -48,13 +48,13 @@ from ecolora.strategies.base import (
     Strategy,
     clip_delta_reply,
     clip_factor,
-    get_strategy_class,
     overlay_lora,
+    train_metrics,
 )
-from ecolora.strategies.fedit import FedIT, _train_metrics
+from ecolora.strategies.fedit import FedIT, FFALoRA
 from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
-__all__ = ["EcoLoRA", "build_ecolora", "mixing_weight"]
+__all__ = ["EcoLoRA", "ecolora_fedit", "ecolora_ffa", "mixing_weight"]
 
 
 def mixing_weight(beta: float, server_round: int, last_round: int) -> float:
@@ -227,7 +227,7 @@ class EcoLoRA(Strategy):
         if reason is not None:  # validate before compressing: nothing of it enters any state
             state.update(view=view)
             return Message(config={"round": server_round, "segment": segment, CLIENT_REJECTION_KEY: reason},
-                           num_examples=result.num_examples, metrics=_train_metrics(result))
+                           num_examples=result.num_examples, metrics=train_metrics(result))
         state.update(view=view, local=local, tau=server_round)
         density_a, density_b = float(cfg["density_a"]), float(cfg["density_b"])
         if self.paper:  # the segment's parameters at the top-k of |P_i - G_i| (eqs. 5-6), with masks
@@ -237,7 +237,7 @@ class EcoLoRA(Strategy):
             outgoing = {k: local[k] - start[k] for k in local}
             pieces = self.compressor.compress(state, f"up/{segment}", self._segment(outgoing, segment), density_a, density_b)
         return Message(config={"round": server_round, "segment": segment}, tensors=pieces,
-                       num_examples=result.num_examples, metrics=_train_metrics(result))
+                       num_examples=result.num_examples, metrics=train_metrics(result))
 
     def _segment(self, tensors: Mapping[str, torch.Tensor], segment: int) -> dict[str, torch.Tensor]:
         if self.layout.num_segments == 1:
@@ -267,13 +267,11 @@ class EcoLoRA(Strategy):
         self.compressor.load_state_dict(state["compressor"])
 
 
-def build_ecolora(base_name: str, config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
-    """``<base>+ecolora``: wrap FedIT or FFA-LoRA; FLoRA has its own compressed variant."""
-    if base_name == "flora":
-        from ecolora.strategies.flora import FLoRA
+def ecolora_fedit(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> EcoLoRA:
+    """``fedit+ecolora`` (:mod:`ecolora.methods`)."""
+    return EcoLoRA(FedIT(config, initial_lora), config, initial_lora)
 
-        return FLoRA(config, initial_lora, compressed=True)
-    inner = get_strategy_class(base_name)(config, initial_lora)
-    if not isinstance(inner, FedIT):
-        raise ValueError(f"EcoLoRA wraps fedit or ffa, got {base_name!r}.")
-    return EcoLoRA(inner, config, initial_lora)
+
+def ecolora_ffa(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> EcoLoRA:
+    """``ffa+ecolora`` (:mod:`ecolora.methods`)."""
+    return EcoLoRA(FFALoRA(config, initial_lora), config, initial_lora)

@@ -41,14 +41,13 @@ from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     ClientRuntime,
     Message,
-    Strategy,
     clip_delta_reply,
-    register_strategy,
+    train_metrics,
 )
 from ecolora.strategies.ecolora import EcoLoRA
-from ecolora.strategies.fedit import FedIT, _train_metrics
+from ecolora.strategies.fedit import FedIT
 
-__all__ = ["FedBuff", "FedBuffEcoLoRA", "build_fedbuff", "staleness_weight"]
+__all__ = ["FedBuff", "FedBuffEcoLoRA", "staleness_weight"]
 
 
 def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
@@ -83,7 +82,6 @@ class _Versioned:
         return fb.server_lr * staleness_weight(self.version - int(reply.config["version"]), fb.staleness_exponent)
 
 
-@register_strategy
 class FedBuff(_Versioned, FedIT):
     """Buffered asynchronous FedAvg of LoRA deltas with staleness weights (module docstring)."""
 
@@ -137,7 +135,7 @@ class FedBuff(_Versioned, FedIT):
         return Message(
             config={"round": version, "version": version},
             tensors={k: local[k].float() - start[k].float() for k in self.global_state},
-            num_examples=result.num_examples, metrics=_train_metrics(result),
+            num_examples=result.num_examples, metrics=train_metrics(result),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -209,12 +207,3 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
         super().load_state_dict(state)
         self.version, self.num_dispatched = int(state["version"]), int(state["num_dispatched"])
         self._prepared_version = state["prepared_version"]
-
-
-def build_fedbuff(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
-    """``fedbuff`` or ``fedbuff+ecolora`` (the generic builder would wrap FedBuff in plain EcoLoRA)."""
-    if config.method == "fedbuff+ecolora":
-        return FedBuffEcoLoRA(config, initial_lora)
-    if config.method != "fedbuff":
-        raise ValueError(f"build_fedbuff builds fedbuff or fedbuff+ecolora, got {config.method!r}.")
-    return FedBuff(config, initial_lora)

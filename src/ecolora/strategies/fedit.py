@@ -24,7 +24,7 @@ from ecolora.strategies.base import (
     Strategy,
     clip_factor,
     overlay_lora,
-    register_strategy,
+    train_metrics,
 )
 
 __all__ = ["FedIT", "FFALoRA", "is_lora_a"]
@@ -34,7 +34,6 @@ def is_lora_a(name: str) -> bool:
     return "lora_A" in name
 
 
-@register_strategy
 class FedIT(Strategy):
     """FedAvg over LoRA A and B (dense fp16 messages)."""
 
@@ -100,7 +99,7 @@ class FedIT(Strategy):
             config={"round": message.config["round"]},
             tensors={k: v for k, v in local.items() if self.exchanged(k)},
             num_examples=result.num_examples,
-            metrics=_train_metrics(result),
+            metrics=train_metrics(result),
         )
 
     def before_training(self, runtime: ClientRuntime) -> None:
@@ -119,7 +118,6 @@ class FedIT(Strategy):
         self.global_state = {k: v.clone() for k, v in state["global_state"].items()}
 
 
-@register_strategy
 class FFALoRA(FedIT):
     """FFA-LoRA: A frozen at its shared-seed initialisation; only B trained and exchanged."""
 
@@ -130,13 +128,3 @@ class FFALoRA(FedIT):
 
     def before_training(self, runtime: ClientRuntime) -> None:
         runtime.freeze(is_lora_a)
-
-
-def _train_metrics(result: Any) -> dict[str, float]:
-    return {
-        "train_loss": float(result.train_loss),
-        "initial_loss": float(result.initial_loss),
-        "compute_s": float(result.compute_s),
-        "num_steps": float(result.num_steps),
-        **{k: float(v) for k, v in result.metrics.items()},
-    }

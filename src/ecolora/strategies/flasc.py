@@ -33,14 +33,13 @@ import torch
 
 from ecolora import codec
 from ecolora.compress import ErrorFeedback, compress_owned
-from ecolora.strategies.base import ClientRuntime, Message, clip_delta_reply, register_strategy
-from ecolora.strategies.fedit import FedIT, _train_metrics
+from ecolora.strategies.base import ClientRuntime, Message, clip_delta_reply, train_metrics
+from ecolora.strategies.fedit import FedIT
 from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
 __all__ = ["FLASC"]
 
 
-@register_strategy
 class FLASC(FedIT):
     """Sparse download of the global LoRA, dense local training, sparse upload of the update."""
 
@@ -77,14 +76,14 @@ class FLASC(FedIT):
         reason = nonfinite_reason(update)
         if reason is not None:  # validate before compressing (top-k cannot rank NaN)
             return Message(config={"round": server_round, CLIENT_REJECTION_KEY: reason},
-                           num_examples=result.num_examples, metrics=_train_metrics(result))
+                           num_examples=result.num_examples, metrics=train_metrics(result))
         density = float(message.config["upload_density"])
         if self.config.flasc.error_feedback:
             sent = compress_owned(runtime.state, "flasc/up", update, lambda _: density, scope=self.config.flasc.scope)
         else:
             sent = _topk(update, density, self.config.flasc.scope)
         return Message(config={"round": server_round}, tensors=sent, num_examples=result.num_examples,
-                       metrics=_train_metrics(result))
+                       metrics=train_metrics(result))
 
     # ---- wire --------------------------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:

@@ -36,17 +36,19 @@ from safetensors.torch import save_file
 from ecolora.compress.ecolora import EcoLoRACompressor
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
+    AdapterRuntime,
     AggregationError,
     ClientRuntime,
     Message,
     Strategy,
+    adapter_runtime,
     clip_factor,
-    register_strategy,
+    train_metrics,
 )
-from ecolora.strategies.fedit import _train_metrics, is_lora_a
+from ecolora.strategies.fedit import is_lora_a
 from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
-__all__ = ["FLoRA", "module_of", "stack_modules"]
+__all__ = ["FLoRA", "flora_ecolora", "module_of", "stack_modules"]
 
 
 def module_of(name: str) -> str:
@@ -79,7 +81,6 @@ def stack_modules(
     return out
 
 
-@register_strategy
 class FLoRA(Strategy):
     name = "flora"
 
@@ -165,11 +166,16 @@ class FLoRA(Strategy):
         return {k: torch.cat([self.stacks[r][k] for r in rounds], dim=0 if is_lora_a(k) else 1) for k in self.stacks[rounds[0]]}
 
     def prepare_eval(self, runtime: ClientRuntime) -> None:
-        self._merge_missing(runtime, sorted(self.stacks), {f"r{r}:{k}": v for r in self.stacks for k, v in self.stacks[r].items()})
-        runtime.use_rank(self.ranks[0])
-        runtime.set_lora({k: torch.zeros_like(v) if not is_lora_a(k) else v for k, v in runtime.get_lora().items()})
+        client = adapter_runtime(runtime)
+        self._merge_missing(client, sorted(self.stacks), {f"r{r}:{k}": v for r in self.stacks for k, v in self.stacks[r].items()})
+        client.use_rank(self.ranks[0])
+        client.set_lora({k: torch.zeros_like(v) if not is_lora_a(k) else v for k, v in client.get_lora().items()})
 
-    def save_global_adapter(self, model: Any, out_dir: Path) -> None:
+    def adapter_ranks(self) -> list[int]:
+        """Every client rank trains in an adapter of its own on the shared base."""
+        return sorted(set(self.ranks))
+
+    def save_adapter(self, model: torch.nn.Module, out_dir: Path) -> None:
         """PEFT-format adapter equal to the merged global delta (rank = total stacked rank, alpha = rank)."""
         from peft import LoraConfig
 
@@ -187,28 +193,28 @@ class FLoRA(Strategy):
     def client_round(self, runtime: ClientRuntime, message: Message) -> Message:
         cfg = message.config
         server_round = int(cfg["round"])
-        self._merge_missing(runtime, [int(r) for r in cfg["stacks"]], message.tensors)
-        runtime.use_rank(int(cfg["rank"]))
+        client = adapter_runtime(runtime)
+        self._merge_missing(client, [int(r) for r in cfg["stacks"]], message.tensors)
+        client.use_rank(int(cfg["rank"]))
         runtime.set_lora(_fresh_lora(runtime.get_lora(), seed=(self.config.seed * 1_000_003 + server_round * 10_007 + runtime.client_id) % 2**31))
         result = runtime.train(server_round, cfg)
         local = runtime.get_lora()
         reason = nonfinite_reason(local)
         if reason is not None:  # validate before compressing (top-k cannot rank NaN)
             return Message(config={"round": server_round, CLIENT_REJECTION_KEY: reason},
-                           num_examples=result.num_examples, metrics=_train_metrics(result))
+                           num_examples=result.num_examples, metrics=train_metrics(result))
         if self.compressed:
             local = self.compressor.sparsify(local, float(cfg["density_a"]), float(cfg["density_b"]))
         return Message(config={"round": server_round}, tensors=local, num_examples=result.num_examples,
-                       metrics=_train_metrics(result))
+                       metrics=train_metrics(result))
 
     @staticmethod
-    def _merge_missing(runtime: ClientRuntime, rounds: list[int], tensors: Mapping[str, torch.Tensor]) -> None:
+    def _merge_missing(runtime: AdapterRuntime, rounds: list[int], tensors: Mapping[str, torch.Tensor]) -> None:
         for r in rounds:
             prefix = f"r{r}:"
             stack = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            deltas = {m: stack[f"{m}.lora_B.weight"].float() @ stack[f"{m}.lora_A.weight"].float()  # (d_out, d_in)
-                      for m in {module_of(k) for k in stack}}
-            runtime.merge_into_base(f"flora/{r}", deltas)
+            factors = {m: (stack[f"{m}.lora_B.weight"], stack[f"{m}.lora_A.weight"]) for m in {module_of(k) for k in stack}}
+            runtime.merge_into_base(f"flora/{r}", factors)
 
     # ---- wire --------------------------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:
@@ -224,6 +230,11 @@ class FLoRA(Strategy):
         self.stacks = {int(r): dict(v) for r, v in state["stacks"].items()}
         self.client_sync_round = {int(c): int(r) for c, r in state["client_sync_round"].items()}
         self.compressor.load_state_dict(state["compressor"])
+
+
+def flora_ecolora(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> FLoRA:
+    """``flora+ecolora`` (:mod:`ecolora.methods`): FLoRA with EcoLoRA's sparsification and coding."""
+    return FLoRA(config, initial_lora, compressed=True)
 
 
 def _fresh_lora(template: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

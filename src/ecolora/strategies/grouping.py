@@ -42,15 +42,19 @@ compute and the LoRA bytes of a round both grow linearly with depth, so the budg
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ecolora.strategies.base import ClientRuntime, Message, Strategy
+
 __all__ = [
     "DIVERGENCES",
     "GroupPlan",
+    "GroupedStrategy",
     "category_counts",
     "control_group",
     "distribution_divergence",
@@ -175,3 +179,38 @@ def control_group(
     if intra_rounds is None:
         tau = min(tau, max(1, math.floor(budget / d)))
     return int(tau), int(min(d, num_layers))
+
+
+class GroupedStrategy(Strategy, ABC):
+    """A strategy whose global rounds are made of client groups, each with its own intra-group
+    rounds led by one member (run by :func:`ecolora.sim.hier_runner.run_hierarchical`, the
+    ``hierarchical`` loop of :mod:`ecolora.methods`). Per global round t and group g:
+    ``configure_round`` (server -> leaders), ``start_group`` (the leader applies it),
+    ``plans[g].intra_rounds`` x [``configure_intra`` -> members' ``client_round`` ->
+    ``aggregate_intra``], ``close_group`` (leader -> server), then ``aggregate_round``."""
+
+    plans: list[GroupPlan]
+
+    @abstractmethod
+    def form_groups(self, counts: np.ndarray) -> list[GroupPlan]:
+        """Groups of all clients from their per-category example counts (rows), with their plans."""
+
+    @abstractmethod
+    def round_groups(self, sampled: list[int], num_examples: Mapping[int, int]) -> dict[int, list[int]]:
+        """Group id -> the sampled members of that group, its leader first."""
+
+    @abstractmethod
+    def start_group(self, leader: ClientRuntime, message: Message) -> None:
+        """The leader applies the server's message: the start of the group model."""
+
+    @abstractmethod
+    def configure_intra(self, server_round: int, intra_round: int, group: int, participants: list[int]) -> dict[int, Message]:
+        """Leader -> members (the first participant is the leader)."""
+
+    @abstractmethod
+    def aggregate_intra(self, group: int, replies: Mapping[int, Message]) -> dict[str, float]:
+        """Fold one intra round's member replies into the group model."""
+
+    @abstractmethod
+    def close_group(self, leader: ClientRuntime, server_round: int, group: int) -> Message:
+        """Leader -> server: the group's update of this global round."""

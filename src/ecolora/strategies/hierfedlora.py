@@ -45,13 +45,13 @@ from ecolora.config import RunConfig
 from ecolora.strategies.base import (
     ClientRuntime,
     Message,
-    Strategy,
     clip_delta_reply,
-    register_strategy,
+    train_metrics,
     weighted_average,
 )
-from ecolora.strategies.fedit import FedIT, _train_metrics
+from ecolora.strategies.fedit import FedIT
 from ecolora.strategies.grouping import (
+    GroupedStrategy,
     GroupPlan,
     control_group,
     distribution_divergence,
@@ -61,13 +61,12 @@ from ecolora.strategies.grouping import (
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["HierFedLoRA", "build_hierfedlora"]
+__all__ = ["HierFedLoRA", "hierfedlora_ecolora"]
 
 Tensors = dict[str, torch.Tensor]
 
 
-@register_strategy
-class HierFedLoRA(FedIT):
+class HierFedLoRA(FedIT, GroupedStrategy):
     """Hierarchical FedLoRA: near-IID groups, tau_g intra-group rounds, top-d_g layers (module docstring)."""
 
     name = "hierfedlora"
@@ -260,7 +259,7 @@ class HierFedLoRA(FedIT):
             update = self.compressor.compress(runtime.state, "hier/up", update,
                                               float(cfg["density_a"]), float(cfg["density_b"]))
         return Message(config={"round": cfg["round"], "intra": cfg["intra"], "group": cfg["group"]}, tensors=update,
-                       num_examples=result.num_examples, metrics=_train_metrics(result))
+                       num_examples=result.num_examples, metrics=train_metrics(result))
 
     # ---- wire and checkpoints ----------------------------------------------------------------
     def pack(self, message: Message, direction: str) -> bytes:
@@ -296,8 +295,6 @@ def _apply_delta(state: dict[str, Any], initial: Mapping[str, torch.Tensor], del
     return view
 
 
-def build_hierfedlora(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> Strategy:
-    """``hierfedlora`` or ``hierfedlora+ecolora`` (the generic builder would wrap it in plain EcoLoRA)."""
-    if config.method not in ("hierfedlora", "hierfedlora+ecolora"):
-        raise ValueError(f"build_hierfedlora builds hierfedlora or hierfedlora+ecolora, got {config.method!r}.")
-    return HierFedLoRA(config, initial_lora, compressed=config.method.endswith("+ecolora"))
+def hierfedlora_ecolora(config: RunConfig, initial_lora: Mapping[str, torch.Tensor]) -> HierFedLoRA:
+    """``hierfedlora+ecolora`` (:mod:`ecolora.methods`)."""
+    return HierFedLoRA(config, initial_lora, compressed=True)

@@ -13,14 +13,14 @@ from ecolora.flower import client_app
 from ecolora.flower.executor import FlowerExecutor
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.executor import Job, receive_reply
-from ecolora.sim.setup import build_method_strategy
+from ecolora.strategies import build_strategy
 
 from .inline_grid import InlineGrid
 
 
 def _executor(client, timeout_s: float = 5.0) -> tuple[FlowerExecutor, ByteLedger, object]:
     cfg = load_config(None, ["method=fedbuff", "fed.num_clients=2", "fed.clients_per_round=2", "fedbuff.concurrency=2"])
-    strategy = build_method_strategy(cfg, lora_template())
+    strategy = build_strategy(cfg, lora_template())
     setup = SimpleNamespace(strategy=strategy, clients=[FakeRuntime(c, num_examples=3) for c in range(2)])
     grid = InlineGrid(client, {10: {"partition-id": 0}, 11: {"partition-id": 1}}, {})
     ledger = ByteLedger()

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ecolora.flower import client_app, server_app
 from ecolora.flower.settings import resolve_settings
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 
 from .inline_grid import InlineGrid
 

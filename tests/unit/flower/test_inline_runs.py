@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from ecolora.flower import client_app, server_app
 from ecolora.flower.settings import resolve_settings
-from ecolora.sim.runner import run_experiment, sample_clients
+from ecolora.sim import run_experiment
+from ecolora.sim.runner import sample_clients
 from ecolora.strategies.base import Strategy
 
 from .inline_grid import InlineGrid

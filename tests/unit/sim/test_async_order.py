@@ -12,7 +12,7 @@ from ecolora.config import load_config
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.async_runner import _EventLoop, play_async
 from ecolora.sim.executor import InProcessExecutor
-from ecolora.strategies.fedbuff import build_fedbuff
+from ecolora.strategies import build_strategy
 
 
 class _EagerLoop(_EventLoop):
@@ -27,7 +27,7 @@ def _play(loop_type: type, overrides: list[str], method: str) -> tuple[list, dic
     config = load_config(None, [f"method={method}", "fed.num_clients=6", "fed.clients_per_round=3",
                                 "fedbuff.step_time_s=1.0", "network.scenarios=[1/5]", "fed.rounds=6", "ecolora.num_segments=2",
                                 *overrides])  # fmt: skip
-    strategy = build_fedbuff(config, lora_template())
+    strategy = build_strategy(config, lora_template())
     setup = SimpleNamespace(strategy=strategy, clients=[NoisyRuntime(c, num_examples=c + 1) for c in range(6)])
     ledger = ByteLedger()
     work = InProcessExecutor(setup, ledger)  # type: ignore[arg-type]
@@ -80,7 +80,7 @@ def _play_wall(slow: set[int], method: str = "fedbuff") -> tuple[list[list[tuple
     config = load_config(None, [f"method={method}", "fed.num_clients=6", "fed.clients_per_round=3", "fed.rounds=4",
                                 "fedbuff.clock=wall", "fedbuff.concurrency=4", "fedbuff.buffer_size=2",
                                 "ecolora.num_segments=2"])  # fmt: skip
-    strategy = build_fedbuff(config, lora_template())
+    strategy = build_strategy(config, lora_template())
     setup = SimpleNamespace(strategy=strategy, clients=[NoisyRuntime(c, num_examples=c + 1) for c in range(6)])
     ledger = ByteLedger()
     loop = _EventLoop(config, setup, _SlowClientsExecutor(setup, ledger, slow), ledger)  # type: ignore[arg-type]

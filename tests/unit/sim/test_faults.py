@@ -10,11 +10,11 @@ import pytest
 import torch
 from strategies.fakes import FakeRuntime, lora_template
 
-import ecolora.sim.runner as runner
+import ecolora.sim.sync_runner as runner
 from ecolora.config import FaultConfig, load_config
 from ecolora.network.ledger import ByteLedger
+from ecolora.sim.executor import InProcessExecutor
 from ecolora.sim.faults import ClientFault, draw_fault, faulty_runtime
-from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies import Message, build_strategy
 
 
@@ -24,9 +24,9 @@ def _round(cfg, sizes, plan, server_round=1, monkeypatch=None, strategy=None, in
     clients = [FakeRuntime(cid, n) for cid, n in enumerate(sizes)]
     setup = SimpleNamespace(strategy=strategy, clients=clients)
     ledger = ByteLedger()
-    transport = InProcessTransport(strategy, ledger)
+    work = InProcessExecutor(setup, ledger)
     monkeypatch.setattr(runner, "draw_fault", lambda faults, seed, r, cid: plan.get(cid))
-    arrived, per_client, metrics = runner._play_round(cfg, setup, transport, server_round, list(range(len(sizes))), None)
+    arrived, per_client, metrics = runner.play_round(cfg, strategy, work, ledger, server_round, list(range(len(sizes))), None)
     return init, strategy, ledger, arrived, per_client, metrics
 
 

@@ -47,8 +47,8 @@ class FakeRuntime:
             for k, v in (self.lora or lora_template()).items()
         }
 
-    def merge_into_base(self, tag, deltas):
-        self.merged[tag] = deltas
+    def merge_into_base(self, tag, factors):
+        self.merged[tag] = {m: b @ a for m, (b, a) in factors.items()}
 
     def train(self, server_round, config):
         self.seen_start = self.get_lora()

@@ -11,7 +11,8 @@ from ecolora.network import parse_scenario
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.async_runner import _EventLoop, client_speeds, play_async
 from ecolora.sim.executor import InProcessExecutor
-from ecolora.strategies.fedbuff import FedBuff, FedBuffEcoLoRA, build_fedbuff, staleness_weight
+from ecolora.strategies import build_strategy
+from ecolora.strategies.fedbuff import FedBuff, FedBuffEcoLoRA, staleness_weight
 
 from .fakes import NoisyRuntime, lora_template
 
@@ -36,7 +37,7 @@ def _dispatch(strategy, client):
 
 
 def test_server_step_weights_stale_updates_by_hand():
-    strategy = build_fedbuff(_cfg("fedbuff.server_lr=0.5"), lora_template())
+    strategy = build_strategy(_cfg("fedbuff.server_lr=0.5"), lora_template())
     clients = [NoisyRuntime(cid, num_examples=cid + 1) for cid in range(3)]
     r0, r1, r2 = (_dispatch(strategy, c) for c in clients)  # all at version 0
     p0 = {k: v.clone() for k, v in strategy.global_state.items()}
@@ -55,7 +56,7 @@ def test_server_step_weights_stale_updates_by_hand():
 
 
 def test_update_from_a_future_version_is_rejected():
-    strategy = build_fedbuff(_cfg(), lora_template())
+    strategy = build_strategy(_cfg(), lora_template())
     reply = _dispatch(strategy, NoisyRuntime(0, num_examples=1))
     reply.config.update(version=5, round=5)
     metrics = strategy.aggregate_round(1, {0: reply})
@@ -65,7 +66,7 @@ def test_update_from_a_future_version_is_rejected():
 
 def _loop(config):
     init = lora_template()
-    strategy = build_fedbuff(config, init)
+    strategy = build_strategy(config, init)
     setup = SimpleNamespace(strategy=strategy, clients=[NoisyRuntime(c, num_examples=c + 1) for c in range(6)])
     ledger = ByteLedger()
     return _EventLoop(config, setup, InProcessExecutor(setup, ledger), ledger), ledger
@@ -127,19 +128,19 @@ def test_ecolora_variant_without_compression_equals_fedbuff():
     base = ["ecolora.sparsification=none", "ecolora.segments=false", "ecolora.download_sparsification=false"]
     results = {}
     for method in ("fedbuff", "fedbuff+ecolora"):
-        strategy = build_fedbuff(_cfg(*base, method=method), lora_template())
+        strategy = build_strategy(_cfg(*base, method=method), lora_template())
         clients = [NoisyRuntime(cid, num_examples=cid + 1) for cid in range(3)]
         r0, r1, r2 = (_dispatch(strategy, c) for c in clients)
         strategy.aggregate_round(1, {0: r0, 1: r1})
         strategy.aggregate_round(2, {2: r2})  # stale by one step
         results[method] = strategy.global_lora()
-    assert isinstance(build_fedbuff(_cfg(*base, method="fedbuff+ecolora"), lora_template()), FedBuffEcoLoRA)
+    assert isinstance(build_strategy(_cfg(*base, method="fedbuff+ecolora"), lora_template()), FedBuffEcoLoRA)
     for k in results["fedbuff"]:
         assert torch.allclose(results["fedbuff"][k], results["fedbuff+ecolora"][k], atol=1e-6)
 
 
 def test_ecolora_segments_follow_dispatch_order_and_replica_moves_once_per_version():
-    strategy = build_fedbuff(_cfg("ecolora.num_segments=3", method="fedbuff+ecolora"), lora_template())
+    strategy = build_strategy(_cfg("ecolora.num_segments=3", method="fedbuff+ecolora"), lora_template())
     clients = [NoisyRuntime(cid, num_examples=2) for cid in range(5)]
     segments = [strategy.configure_round(0, [c])[c].config["segment"] for c in (0, 1, 2, 3)]
     assert segments == [0, 1, 2, 0]
@@ -157,7 +158,7 @@ def test_ecolora_segments_follow_dispatch_order_and_replica_moves_once_per_versi
 
 def test_ecolora_mixing_uses_model_versions():
     beta = 0.7
-    strategy = build_fedbuff(_cfg(f"ecolora.beta={beta}", "ecolora.sparsification=none", "ecolora.segments=false",
+    strategy = build_strategy(_cfg(f"ecolora.beta={beta}", "ecolora.sparsification=none", "ecolora.segments=false",
                                   method="fedbuff+ecolora"), lora_template())
     client, other = NoisyRuntime(0, num_examples=1), NoisyRuntime(1, num_examples=1)
     strategy.aggregate_round(1, {0: strategy.client_round(client, strategy.configure_round(0, [0])[0])})
@@ -173,10 +174,8 @@ def test_ecolora_mixing_uses_model_versions():
         assert torch.allclose(client.seen_start[k], (1 - w) * view[k] + w * local[k], atol=1e-6)
 
 
-def test_build_fedbuff_types_and_errors():
-    assert type(build_fedbuff(_cfg(), lora_template())) is FedBuff
-    with pytest.raises(ValueError, match=r"build_fedbuff builds fedbuff or fedbuff\+ecolora, got 'fedit'."):
-        build_fedbuff(load_config(None, ["method=fedit"]), lora_template())
+def test_build_strategy_types():
+    assert type(build_strategy(_cfg(), lora_template())) is FedBuff
 
 
 def test_config_errors_are_pinned():

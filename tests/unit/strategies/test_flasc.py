@@ -137,7 +137,7 @@ def test_flasc_bytes_are_below_dense_fedit():
 
 
 def test_config_errors_are_pinned():
-    with pytest.raises(ConfigError, match=r"`flasc` already sparsifies both directions; `flasc\+ecolora` is not a method"):
+    with pytest.raises(ConfigError, match=r"`method`: EcoLoRA does not apply to flasc, so 'flasc\+ecolora' is not a method; known: fedit, "):
         load_config(None, ["method=flasc+ecolora"])
     with pytest.raises(ConfigError, match=r"`flasc.upload_density` must be in \(0, 1\], got 0.0."):
         load_config(None, ["flasc.upload_density=0"])

@@ -20,7 +20,7 @@ from ecolora.strategies.grouping import (
     group_divergences,
     near_iid_groups,
 )
-from ecolora.strategies.hierfedlora import HierFedLoRA, build_hierfedlora
+from ecolora.strategies.hierfedlora import HierFedLoRA
 
 from .fakes import NoisyRuntime, lora_template
 
@@ -95,7 +95,7 @@ def test_controller_rule():
 def _strategy(*overrides, method="hierfedlora", counts=None):
     config = load_config(None, [f"method={method}", "fed.num_clients=4", "fed.clients_per_round=4",
                                 "hier.num_groups=2", "ecolora.num_segments=2", "network.scenarios=[1/5]", *overrides])
-    strategy = build_hierfedlora(config, lora_template())
+    strategy = build_strategy(config, lora_template())
     strategy.form_groups(np.array([[5, 0], [0, 5], [5, 0], [0, 5]]) if counts is None else counts)
     return strategy
 
@@ -212,11 +212,9 @@ def test_config_errors_are_pinned():
         load_config(None, ["hier.depth=0"])
     with pytest.raises(ConfigError, match=r"`hier.intra_link` must look like UPLINK/DOWNLINK in Mbps"):
         load_config(None, ["hier.intra_link=lan"])
-    fresh = build_hierfedlora(load_config(None, ["method=hierfedlora"]), lora_template())
+    fresh = build_strategy(load_config(None, ["method=hierfedlora"]), lora_template())
     with pytest.raises(ValueError, match=r"HierFedLoRA has no groups yet: call form_groups\(category counts\) before round 1"):
         fresh.configure_round(1, [0])
-    with pytest.raises(ValueError, match=r"build_hierfedlora builds hierfedlora or hierfedlora\+ecolora, got 'fedit'."):
-        build_hierfedlora(load_config(None, ["method=fedit"]), lora_template())
 
 
 def test_group_upload_residual_follows_the_group_when_the_leader_changes():
