@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ecolora.cli import app
 from ecolora.config import load_config
 from ecolora.report.tensorboard import TENSORBOARD_DIR, round_scalars
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = ["fed.rounds=2", "data.limit=60", "data.eval_size=8", "data.max_seq_len=48", "train.local_steps=1",
