@@ -54,6 +54,14 @@ def test_hub_model_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not (tmp_path / "run").exists()
 
 
+def test_hub_dataset_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code, err = _run(tmp_path / "run", "data.source=no-such-org/no-such-dataset")
+    _assert_one_error_line(code, err, "cannot read data 'no-such-org/no-such-dataset'", "pass a local")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
