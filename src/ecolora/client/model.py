@@ -195,8 +195,8 @@ def estimate_num_parameters(
             tag = _SIZE_TAG.search(name)
             return int(float(tag.group(1)) * 1e9) if tag else None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        model: torch.nn.Module = AutoModelForCausalLM.from_config(config)
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def check_model_fits_device(
