@@ -21,6 +21,16 @@ ITEMS = [
 ]
 
 
+def _separately(model: torch.nn.Module, group: PrefixGroup) -> list[float]:
+    """Each continuation scored in its own unpadded sequence ``prefix + continuation``."""
+    scores = []
+    with torch.no_grad():
+        for cont in group.continuations:
+            logps = model(input_ids=torch.tensor([group.prefix + cont])).logits[0].log_softmax(-1)  # (T, V)
+            scores.append(sum(float(logps[len(group.prefix) - 1 + j, t]) for j, t in enumerate(cont)))
+    return scores
+
+
 def _assert_same(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, **kwargs: int) -> None:
     fast = choice_logprobs(model, tokenizer, ITEMS, batch_size=3, **kwargs)
     reference = choice_logprobs(model, tokenizer, ITEMS, batch_size=5, shared_prefix=False, **kwargs)
@@ -46,11 +56,7 @@ def test_prefix_group_scores_equal_separate_sequences() -> None:
     group = PrefixGroup(prefix=[1, 4, 5, 6], continuations=[[7, 8], [9], [10, 11, 12]])
     with torch.no_grad():
         (packed,) = score_prefix_groups(model, [group], batch_size=1, pad_id=0)
-        for cont, score in zip(group.continuations, packed, strict=True):
-            ids = torch.tensor([group.prefix + cont])
-            logps = model(input_ids=ids).logits[0].log_softmax(-1)  # (T, V)
-            expected = sum(float(logps[len(group.prefix) - 1 + j, t]) for j, t in enumerate(cont))
-            assert score == pytest.approx(expected, abs=1e-5)
+    assert packed == pytest.approx(_separately(model, group), abs=1e-5)
 
 
 def test_gathered_logps_equals_full_logits() -> None:
@@ -85,12 +91,8 @@ def test_groups_sharing_a_root_equal_separate_sequences() -> None:
     ]
     with torch.no_grad():
         packed = score_prefix_groups(model, groups, batch_size=2, pad_id=0, min_shared=3)
-        for group, scores in zip(groups, packed, strict=True):
-            for cont, score in zip(group.continuations, scores, strict=True):
-                ids = torch.tensor([group.prefix + cont])
-                logps = model(input_ids=ids).logits[0].log_softmax(-1)  # (T, V)
-                expected = sum(float(logps[len(group.prefix) - 1 + j, t]) for j, t in enumerate(cont))
-                assert score == pytest.approx(expected, abs=1e-5)
+    for group, scores in zip(groups, packed, strict=True):
+        assert scores == pytest.approx(_separately(model, group), abs=1e-5)
 
 
 def test_items_with_a_shared_instruction_equal_per_choice() -> None:
