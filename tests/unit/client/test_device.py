@@ -149,10 +149,12 @@ def test_bf16_base_keeps_lora_and_grads_fp32() -> None:
     assert all(p.dtype == torch.bfloat16 for p in base)
 
 
-def test_bf16_base_trains_close_to_fp32() -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_base_trains_close_to_fp32(dtype: torch.dtype) -> None:
     fp32, _, _ = train_tiny(Placement(), steps=2)
-    bf16, state, _ = train_tiny(Placement(dtype=torch.bfloat16), steps=2)
-    assert bf16.initial_loss == pytest.approx(fp32.initial_loss, rel=2e-2)
+    half, state, _ = train_tiny(Placement(dtype=dtype), steps=2)
+    assert half.initial_loss == pytest.approx(fp32.initial_loss, rel=2e-2)
+    assert half.train_loss < half.initial_loss
     assert all(t.dtype == torch.float32 for t in state.values())
 
 
