@@ -342,6 +342,8 @@ class LogConfig:
     """Where training metrics go besides metrics.jsonl and the PNG plots."""
 
     tensorboard: bool = field(default=False, metadata={"help": "Also write TensorBoard scalars to RUN/tensorboard/ (needs ecolora[tensorboard])."})
+    wandb: bool = field(default=False, metadata={"help": "Also log the same scalars to Weights & Biases, offline into RUN/wandb/ unless WANDB_MODE says otherwise (needs ecolora[wandb])."})
+    wandb_project: str = field(default="ecolora", metadata={"help": "W&B project name for log.wandb."})
 
 
 @dataclass

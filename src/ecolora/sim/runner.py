@@ -31,7 +31,7 @@ import yaml
 from ecolora.client.shapes import model_note
 from ecolora.config import RunConfig
 from ecolora.network.ledger import ByteLedger
-from ecolora.report.tensorboard import TensorBoardLog, require_tensorboard
+from ecolora.report.logs import RoundLog, check_round_logs, open_round_logs
 from ecolora.rundir import RunStopped, stop_requested
 from ecolora.sim.checkpoint import (
     CHECKPOINT_DIR,
@@ -73,11 +73,10 @@ class RunJournal:
     def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False) -> None:
         self._wall_start = time.perf_counter()
         self.config, self.out_dir = config, Path(out_dir)
-        if config.log.tensorboard:
-            require_tensorboard()  # a missing extra fails before the directory exists
+        check_round_logs(config)  # a missing extra fails before the directory exists
         self.restored = resume_state(config, self.out_dir) if resume else None
         self.metrics_path = self.out_dir / "metrics.jsonl"  # the directory starts in begin()
-        self._tensorboard: TensorBoardLog | None = None
+        self._logs: list[RoundLog] = []  # TensorBoard, W&B (config.log)
         self.history: list[dict[str, Any]] = []
         self.initial_eval = math.nan
         self._prior_wall_s = 0.0
@@ -88,7 +87,7 @@ class RunJournal:
         state, self._unit = self.restored, unit
         if state is None:
             start_run_dir(self.config, self.out_dir)  # only now: a failed setup leaves nothing
-            self._start_tensorboard()
+            self._logs = open_round_logs(self.config, self.out_dir, self.history)
             self.initial_eval = evaluate_global(setup)
             logger.info("Initial eval loss of the global adapter: %.4f", self.initial_eval)
             return 0
@@ -97,7 +96,7 @@ class RunJournal:
         self._prior_wall_s = float(state["wall_s"])
         rewrite_metrics(self.metrics_path, self.history)
         done = int(state["round"])
-        self._start_tensorboard()
+        self._logs = open_round_logs(self.config, self.out_dir, self.history)
         logger.info("Resuming %s after %s %d of %d", self.out_dir, unit, done, self.config.fed.rounds)
         return done
 
@@ -106,12 +105,8 @@ class RunJournal:
         self.history.append(record)
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self._tensorboard is not None:
-            self._tensorboard.log_round(record, self.wall_s)
-
-    def _start_tensorboard(self) -> None:
-        if self.config.log.tensorboard:
-            self._tensorboard = TensorBoardLog(self.out_dir, self.history)
+        for log in self._logs:
+            log.log_round(record, self.wall_s)
 
     def checkpoint(self, step: int, every: int, setup: RunSetup, sampler: np.random.Generator,
                    ledger: ByteLedger, loop_state: Callable[[], dict[str, Any]] | None = None) -> None:
@@ -135,8 +130,8 @@ class RunJournal:
 
     def finish(self, setup: RunSetup, ledger: ByteLedger) -> dict[str, Any]:
         """Write summary.json, the adapter and the plots (:func:`finish_run`); return the summary."""
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        for log in self._logs:
+            log.close()
         return finish_run(self.config, setup, self.out_dir, self.history, ledger, self.initial_eval, self.wall_s)
 
 

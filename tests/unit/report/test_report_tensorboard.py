@@ -51,3 +51,39 @@ def test_missing_tensorboard_is_one_error_line(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 2, result.output
     assert "error: log.tensorboard needs the optional package tensorboard; pip install 'ecolora[tensorboard]'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+class _FakeRun:
+    def __init__(self, **kwargs: object) -> None:
+        self.init, self.logged, self.finished = kwargs, [], False
+
+    def log(self, scalars: dict, step: int) -> None:
+        self.logged.append((step, scalars))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_wandb_gets_the_same_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    runs: list[_FakeRun] = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: runs.append(_FakeRun(**kwargs)) or runs[-1]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    config = load_config(ROOT / "configs" / "smoke.yaml", [*SMALL[:-1], "log.wandb=true"])
+    run_experiment(config, tmp_path / "run")
+    (run,) = runs
+    assert run.init["mode"] == "offline" and run.init["dir"] == str(tmp_path / "run")
+    assert [step for step, _ in run.logged] == [1, 2] and run.finished
+    assert {"loss/train", "bytes/upload", "time/wall_s"} <= set(run.logged[0][1])
+
+
+def test_missing_wandb_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    args = ["run", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path / "run"),
+            "--set", "log.wandb=true"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "error: log.wandb needs the optional package wandb; pip install 'ecolora[wandb]'" in result.stderr
+    assert not (tmp_path / "run").exists()
