@@ -254,11 +254,13 @@ class HierConfig:
     max_intra_rounds: int = field(default=3, metadata={"help": "Upper bound on tau_g for the controller; higher: more intra-group traffic."})
     budget: float | None = field(default=None, metadata={"help": "Layer-rounds per client per global round, tau_g * d_g <= budget (null: the number of LoRA layers)."})
     intra_link: str | None = field(default=None, metadata={"help": "Intra-group link as uplink/downlink Mbps, e.g. 20/100 (null: each client's own link)."})
+    replan_every: int = field(default=0, metadata={"help": "Re-plan tau_g and d_g every N global rounds from the divergence of each group's participants that round (0: plan once before round 1)."})
 
     def __post_init__(self) -> None:
         _check(self.num_groups >= 1, f"`hier.num_groups` must be >= 1, got {self.num_groups}.")
         _check(self.divergence in ("kl", "tv"), f"`hier.divergence` must be kl or tv, got {self.divergence!r}.")
         _check(self.max_intra_rounds >= 1, f"`hier.max_intra_rounds` must be >= 1, got {self.max_intra_rounds}.")
+        _check(self.replan_every >= 0, f"`hier.replan_every` must be >= 0 (0: plan once), got {self.replan_every}.")
         for name in ("intra_rounds", "depth"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"`hier.{name}` must be >= 1 or null, got {value}.")

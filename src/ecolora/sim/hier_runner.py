@@ -110,6 +110,7 @@ def run_hierarchical(config: RunConfig, out_dir: Path, progress: ProgressHook | 
     for server_round in range(done + 1, config.fed.rounds + 1):
         sampled = sample_clients(rng, config.fed.num_clients, config.fed.clients_per_round)
         groups = strategy.round_groups(sampled, sizes)
+        strategy.replan(server_round, groups)  # hier.replan_every: the plan of this round
         downs = strategy.configure_round(server_round, [members[0] for members in groups.values()])
         work.borrow([members[0] for members in groups.values()])  # Flower: fetch the leaders' states at once
         uploads: dict[int, Message] = {}
@@ -189,7 +190,8 @@ def _round_record(
         per_client.append({"client": cid, "compute_s": float(sum(r["compute_s"] for r in rounds)),
                            "train_loss": last_replies[cid].metrics.get("train_loss")})
     groups = [{"group": g, "leader": t["leader"], "members": [r["client"] for r in t["intra"][0]],
-               "intra_rounds": strategy.plans[g].intra_rounds, "depth": strategy.plans[g].depth}
+               "intra_rounds": strategy.plans[g].intra_rounds, "depth": strategy.plans[g].depth,
+               "divergence": strategy.plans[g].divergence}
               for g, t in traffic.items()]
     metrics = {**metrics, "groups": groups, "dropped": []}
     record = finish_round(config, setup, ledger, server_round, sampled, last_replies, per_client, metrics)

@@ -34,7 +34,7 @@ tau_g intra-group aggregations, and members restart from the group model every i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,8 @@ class HierFedLoRA(FedIT, GroupedStrategy):
             self.name = "hierfedlora+ecolora"
         self.layers = sorted({_layer_index(k) for k in self.global_state})
         self.plans: list[GroupPlan] = []
+        self._counts = np.zeros((0, 0))  # (clients, categories), set by form_groups
+        self._client_divergence = 0.0
         self.group_of: dict[int, int] = {}
         self.views: dict[int, Tensors] = {}  # the LoRA (group keys) each client holds, as its senders know it
         self.group_model: dict[int, Tensors] = {}
@@ -109,7 +111,27 @@ class HierFedLoRA(FedIT, GroupedStrategy):
             logger.info("group %d: clients %s | %s %.4f (clients' mean %.4f) | tau %d | depth %d of %d",
                         g, members, hier.divergence, divergences[g], client_divergence, tau, depth, len(self.layers))
         self.group_of = {cid: p.group_id for p in self.plans for cid in p.members}
+        self._counts, self._client_divergence = counts, client_divergence
         return self.plans
+
+    def replan(self, server_round: int, participants: Mapping[int, Sequence[int]]) -> bool:
+        """Every ``hier.replan_every`` global rounds (0: never), re-plan (tau_g, d_g) of each active
+        group from what this round observes: the divergence of the group's *participants* (under
+        partial participation a group's sampled members can be far more skewed than the group),
+        by the same controller. Returns whether it re-planned."""
+        hier = self.config.hier
+        if hier.replan_every <= 0 or (server_round - 1) % hier.replan_every != 0:
+            return False
+        reference = self._counts.sum(axis=0)
+        for g, members in participants.items():
+            divergence = distribution_divergence(self._counts[list(members)].sum(axis=0), reference, hier.divergence)
+            tau, depth = control_group(
+                divergence, self._client_divergence, num_layers=len(self.layers),
+                max_intra_rounds=hier.max_intra_rounds, budget=hier.budget,
+                intra_rounds=hier.intra_rounds, depth=hier.depth,
+            )
+            self.plans[g] = GroupPlan(g, self.plans[g].members, float(divergence), tau, depth)
+        return True
 
     def trained_keys(self, depth: int) -> list[str]:
         """Exchanged LoRA tensors of the top ``depth`` layers (the highest layer indices)."""
@@ -171,7 +193,9 @@ class HierFedLoRA(FedIT, GroupedStrategy):
     def configure_intra(self, server_round: int, intra_round: int, group: int, participants: list[int]) -> dict[int, Message]:
         """Leader -> members (the first participant is the leader: its message is exact and local)."""
         plan = self.plans[group]
-        stride = max(p.intra_rounds for p in self.plans)  # a distinct batch order for every local run
+        hier = self.config.hier  # a distinct batch order for every local run, whatever the plans
+        stride = max(p.intra_rounds for p in self.plans) if hier.replan_every <= 0 else max(
+            hier.max_intra_rounds, hier.intra_rounds or 1)
         train_round = (server_round - 1) * stride + intra_round
         out = {}
         for position, cid in enumerate(participants):

@@ -242,3 +242,18 @@ def test_group_upload_residual_follows_the_group_when_the_leader_changes():
     for k in start:  # eq. 6 over the group's stream: sent + residual = the group's updates
         assert torch.allclose(sent_total[k] + residual[k], update[k], atol=1e-6)
     assert "feedback" not in a.state and "feedback" not in b.state
+
+
+def test_replan_sets_tau_and_depth_from_the_participants_divergence():
+    """Issue 16, point 8: the plan was computed once before round 1; with hier.replan_every it
+    follows the divergence of each group's participants (a lone member carries its own skew)."""
+    strategy = _strategy("hier.replan_every=2", "hier.max_intra_rounds=3", counts=np.array([[5, 0], [0, 5], [0, 5], [5, 0]]))
+    first = list(strategy.plans)
+    assert [(p.intra_rounds, p.depth) for p in first] == [(2, 1), (2, 1)]  # IID groups: frequent, shallow
+    assert not strategy.replan(2, {0: [0]})  # due in rounds 1, 3, 5, ...
+    assert strategy.replan(3, {0: [first[0].members[0]]})
+    replanned = strategy.plans[0]
+    assert (replanned.intra_rounds, replanned.depth) == (1, 2) and replanned.divergence > 0
+    assert replanned.members == first[0].members and strategy.plans[1] == first[1]
+    with pytest.raises(ConfigError, match="`hier.replan_every` must be >= 0"):
+        _strategy("hier.replan_every=-1")
