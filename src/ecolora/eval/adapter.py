@@ -84,6 +84,7 @@ def evaluate_adapter(
         run_dir = Path(path) if path else Path(adapter).parent if adapter else None
         if run_dir is None:
             raise ValueError("The heldout suite scores a run's own held-out split: pass --adapter RUN/adapter or --path RUN.")
+        model = model or _base_name(run_dir / "adapter", None)  # the run's base model
         peft_model, tokenizer, name = load_model_with_adapter(adapter, model, device)
         with torch.no_grad():
             result = run_heldout(peft_model, tokenizer, run_dir, batch_size=batch_size)

@@ -48,11 +48,11 @@ def test_loss_suite_scores_training_rows_as_training_encodes_them(tmp_path: Path
 def test_heldout_suite_scores_the_runs_split(tmp_path: Path) -> None:
     config = load_config(ROOT / "configs" / "smoke.yaml", ["data.limit=40", "data.eval_size=4"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    result = CliRunner().invoke(app, ["eval", "--suite", "heldout", "--path", str(tmp_path),
-                                      "--model", "tiny-llama", "--json"])
+    result = CliRunner().invoke(app, ["eval", "--suite", "heldout", "--path", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     assert scores["suite"] == "heldout" and scores["n"] == 4 and scores["loss"] > 0
+    assert scores["model"] == "tiny-llama"  # the run's base model, from its config.yaml
 
 
 def test_heldout_needs_a_run() -> None:
