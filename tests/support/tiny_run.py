@@ -30,7 +30,8 @@ def build_peft(placement: Placement, name: str = "smollm2-135m-shape") -> tuple[
     if placement.device.type == "cpu":
         model, tokenizer = load_base_model(name, placement=placement, shape_overrides=TINY_SHAPE)
     else:
-        model, tokenizer = load_base_model(name, placement=Placement(), shape_overrides=TINY_SHAPE)
+        on_cpu = Placement(gradient_checkpointing=placement.gradient_checkpointing)
+        model, tokenizer = load_base_model(name, placement=on_cpu, shape_overrides=TINY_SHAPE)
         model.to(device=placement.device, dtype=placement.dtype)
     return attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0), tokenizer
 

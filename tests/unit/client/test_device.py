@@ -193,3 +193,10 @@ def test_paper_preset_is_refused_on_cpu_offline(monkeypatch: pytest.MonkeyPatch)
     assert estimate_num_parameters(config.model.name) == 7_000_000_000  # from the name's size tag
     with pytest.raises(SetupError, match="has 7.0B parameters"):
         build_setup(config)
+
+
+def test_tiny_builds_keep_checkpointing_off_the_cpu() -> None:
+    """The CUDA tests build on the CPU and move; checkpointing must survive that path."""
+    peft_model, _ = build_peft(Placement(device=torch.device("meta"), gradient_checkpointing=True))
+    base = peft_model.base_model.model
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
