@@ -45,12 +45,13 @@ from ecolora.flower.records import (
     from_recorddict,
     is_exact,
     load_state,
+    record_int,
     save_state,
     to_recorddict,
 )
 from ecolora.flower.settings import FlowerSettings, resolve_settings
 from ecolora.sim.setup import RunSetup, build_setup
-from ecolora.strategies.base import LowRank, TrainResult
+from ecolora.strategies.base import AdapterRuntime, LowRank, TrainResult
 from ecolora.strategies.base import Message as EcoMessage
 
 logger = logging.getLogger("ecolora")
@@ -88,7 +89,8 @@ def query(msg: Message, context: Context) -> Message:
     """Discovery: report this node's partition (no model is loaded); or send this client's state
     (``STATE_REQUEST``: HierFedLoRA's leader role in the ServerApp needs it)."""
     if STATE_REQUEST in msg.content:
-        asked, mine = int(msg.content.config_records[STATE_REQUEST]["partition-id"]), partition_of(context.node_config)
+        asked = record_int(msg.content.config_records[STATE_REQUEST]["partition-id"], "partition-id")
+        mine = partition_of(context.node_config)
         if asked != mine:
             raise ValueError(f"State requested for partition {asked}, but this SuperNode holds partition {mine}.")
         content = RecordDict()
@@ -170,31 +172,29 @@ class NodeRuntime:
     every new merge is added to them.
     """
 
-    def __init__(self, client: Any, merges: dict[str, Any]) -> None:
+    def __init__(self, client: AdapterRuntime, merges: dict[str, Any]) -> None:
         self.client, self.merges = client, merges
         for tag, factors in merges.items():
             client.merge_into_base(tag, {m: tuple(f) for m, f in factors.items()})
 
     @property
     def client_id(self) -> int:
-        return int(self.client.client_id)
+        return self.client.client_id
 
     @property
     def num_examples(self) -> int:
-        return int(self.client.num_examples)
+        return self.client.num_examples
 
     @property
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.client.state
-        return state
+        return self.client.state
 
     @state.setter
     def state(self, value: dict[str, Any]) -> None:
         self.client.state = value
 
     def get_lora(self) -> dict[str, torch.Tensor]:
-        lora: dict[str, torch.Tensor] = self.client.get_lora()
-        return lora
+        return self.client.get_lora()
 
     def set_lora(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.client.set_lora(tensors)
@@ -203,8 +203,7 @@ class NodeRuntime:
         self.client.freeze(predicate)
 
     def train(self, server_round: int, config: Mapping[str, Any]) -> TrainResult:
-        result: TrainResult = self.client.train(server_round, config)
-        return result
+        return self.client.train(server_round, config)
 
     def use_rank(self, rank: int) -> None:
         self.client.use_rank(rank)

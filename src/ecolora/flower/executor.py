@@ -180,7 +180,7 @@ class FlowerExecutor:
             out.reason = f"error: {reply.error.reason}"
             return out
         record = reply.content.metric_records.get(METRICS_RECORD)
-        out.metrics = {k: float(v) for k, v in record.items()} if record is not None else {}
+        out.metrics = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))} if record is not None else {}
         out.timing = {ours: out.metrics[theirs] for theirs, ours in _TIMING.items() if theirs in out.metrics}
         try:
             out.wire, partition = from_recorddict(reply.content)

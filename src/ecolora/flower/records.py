@@ -42,6 +42,7 @@ __all__ = [
     "is_exact",
     "load_state",
     "payload_stype",
+    "record_int",
     "save_state",
     "to_recorddict",
 ]
@@ -128,6 +129,13 @@ def from_recorddict(content: RecordDict) -> tuple[WireMessage, int]:
             "ConfigRecord 'header' must hold bytes 'json' and an int 'partition-id'."
         )
     return WireMessage(payload=bytes(array.data), header=raw_header), partition
+
+
+def record_int(value: object, what: str) -> int:
+    """An int read from a record (bool is not one); :class:`PayloadError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{what} must be an int, got {value!r}.")
+    return value
 
 
 def is_exact(content: RecordDict) -> bool:

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ecolora.config import RunConfig
 from ecolora.flower.executor import FlowerExecutor
-from ecolora.flower.records import PARTITION_QUERY
+from ecolora.flower.records import PARTITION_QUERY, record_int
 from ecolora.flower.settings import FlowerSettings, resolve_settings
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim import get_runner
@@ -132,7 +132,7 @@ def discover_partitions(
                 "SuperNode %d did not report its partition: %s", node, reply.error.reason
             )
             continue
-        pid = int(reply.content.config_records[PARTITION_QUERY]["partition-id"])
+        pid = record_int(reply.content.config_records[PARTITION_QUERY]["partition-id"], "partition-id")
         if pid in partitions:
             raise RuntimeError(
                 f"Partition {pid} is held by nodes {partitions[pid]} and {node}; give each SuperNode "

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from peft import PeftModel
 
 from ecolora import codec
 from ecolora.client.lora import save_adapter as save_peft_adapter
@@ -166,7 +167,7 @@ class Strategy(ABC):
         engine adds one adapter per rank at setup. Empty (default): the clients train ``lora.r``'s."""
         return []
 
-    def save_adapter(self, model: torch.nn.Module, out_dir: Path) -> None:
+    def save_adapter(self, model: PeftModel, out_dir: Path) -> None:
         """Write the global model as a PEFT adapter folder (default: :meth:`global_lora` in the
         model's own adapter config)."""
         save_peft_adapter(model, self.global_lora(), out_dir)

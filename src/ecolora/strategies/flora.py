@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors.torch import save_file
 
 from ecolora.compress.ecolora import EcoLoRACompressor
@@ -175,7 +176,7 @@ class FLoRA(Strategy):
         """Every client rank trains in an adapter of its own on the shared base."""
         return sorted(set(self.ranks))
 
-    def save_adapter(self, model: torch.nn.Module, out_dir: Path) -> None:
+    def save_adapter(self, model: PeftModel, out_dir: Path) -> None:
         """PEFT-format adapter equal to the merged global delta (rank = total stacked rank, alpha = rank)."""
         from peft import LoraConfig
 
