@@ -101,10 +101,10 @@ def test_unwritable_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_missing_optional_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_extra(config: object) -> None:
+    def no_extra(*args: object, **kwargs: object) -> None:
         raise ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard")
 
-    monkeypatch.setattr("ecolora.sim.runner.build_setup", no_extra)
+    monkeypatch.setattr("ecolora.report.progress.run_experiment", no_extra)
     code, err = _run(tmp_path / "run")
     _assert_one_error_line(code, err, "`tensorboard` is not installed", "pip install 'ecolora[tensorboard]'")
 

@@ -45,6 +45,7 @@ __all__ = [
     "CORRUPT_MODES",
     "FlowerSettings",
     "config_keys",
+    "config_keys_toml",
     "find_config_file",
     "resolve_settings",
     "split_overrides",
@@ -133,6 +134,20 @@ def config_keys() -> list[str]:
     return keys
 
 
+def config_keys_toml() -> str:
+    """The ``[tool.flwr.app.config]`` lines that declare every config key with ``""`` (Flower
+    accepts only declared run-config keys): ``python -m ecolora.flower.settings`` prints them."""
+    sections: dict[str, list[str]] = {}
+    for key in config_keys():
+        section, _, name = key.rpartition(".")
+        sections.setdefault(section, []).append(name)
+    lines = [f'{name} = ""' for name in sections.pop("", [])]
+    for section, names in sections.items():
+        fields = ", ".join(f'{name} = ""' for name in names)
+        lines.append(f"{section} = {{{fields}}}")
+    return "\n".join(lines)
+
+
 _APP_KEYS = ("config", "overrides", "out-dir", "round-timeout", "node-wait", "resume", "test-corrupt-partition",
              "test-corrupt-mode")
 
@@ -177,3 +192,7 @@ def _flag(key: str, value: Any) -> bool:
     if str(value).lower() in ("true", "false"):
         return str(value).lower() == "true"
     raise ValueError(f"`{key}` must be true or false, got {value!r}.")
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the pyproject.toml lines
+    sys.stdout.write(config_keys_toml() + "\n")

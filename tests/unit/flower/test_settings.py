@@ -83,7 +83,8 @@ def test_flat_run_config_keys_as_flwr_run_passes_them(caplog):
     defaults = _app_defaults()
     declared = {k for k in defaults if "." in k or k in ("method", "seed")}
     missing = sorted(set(config_keys()) - declared)
-    assert not missing, f"declare {missing} with \"\" in [tool.flwr.app.config] of pyproject.toml"
+    assert not missing, (f"declare {missing} in [tool.flwr.app.config] of pyproject.toml: "
+                         "paste the lines `python -m ecolora.flower.settings` prints")
     assert declared <= set(config_keys())
     overrides = parse_config_args(["method='fedit+ecolora' fed.rounds=2 lora.target_modules='q_proj,k_proj'"])
     run_config = fuse_dicts(defaults, overrides)  # what Flower hands the apps
