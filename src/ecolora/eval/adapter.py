@@ -18,21 +18,28 @@ from ecolora.client.model import load_base_model
 from ecolora.eval.harness import evaluate_with_lm_eval
 from ecolora.eval.heldout import run_heldout
 from ecolora.eval.suites import get_suite, run_suite
+from ecolora.sim.setup import HUB_IDS
 
 logger = logging.getLogger("ecolora")
 
-__all__ = ["LM_EVAL_PREFIX", "evaluate_adapter", "load_model_with_adapter"]
+__all__ = ["LM_EVAL_PREFIX", "base_model_name", "evaluate_adapter", "load_model_with_adapter"]
 
 LM_EVAL_PREFIX = "lm-eval:"  # --suite lm-eval:arc_easy,mmlu runs lm-evaluation-harness tasks
 
 
-def _base_name(adapter: Path | None, model: str | None) -> str:
+def base_model_name(adapter: Path | None, model: str | None) -> str:
+    """``model``, else the run's ``model.name`` (config.yaml above the adapter), else the adapter's
+    own ``base_model_name_or_path`` (a built-in's hub id maps back to the built-in), else smollm2."""
     if model:
         return model
     if adapter is not None:
         config = Path(adapter).parent / "config.yaml"
         if config.is_file():
             return str(yaml.safe_load(config.read_text())["model"]["name"])
+        adapter_config = Path(adapter) / "adapter_config.json"
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") if adapter_config.is_file() else None
+        if base:
+            return next((name for name, hub_id in HUB_IDS.items() if hub_id == base), str(base))
     return "smollm2-135m"
 
 
@@ -44,7 +51,7 @@ def load_model_with_adapter(
     Without an adapter the base model is wrapped in an empty LoRA so that suites that need a
     peft model (preference accuracy uses the adapter-disabled model as reference) work too.
     """
-    name = _base_name(adapter, model)
+    name = base_model_name(adapter, model)
     base, tokenizer = load_base_model(name, placement=Placement(device=resolve_device(device)))
     if adapter is None:
         return attach_lora(base, LoraSettings()), tokenizer, name
@@ -76,7 +83,7 @@ def evaluate_adapter(
     if suite.startswith(LM_EVAL_PREFIX):
         tasks = [t for t in suite[len(LM_EVAL_PREFIX):].split(",") if t]
         scores = evaluate_with_lm_eval(
-            _base_name(adapter, model), adapter, tasks, limit, batch_size=batch_size,
+            base_model_name(adapter, model), adapter, tasks, limit, batch_size=batch_size,
             device=str(resolve_device(device)),
         )
         result: dict[str, Any] = {"suite": suite, "kind": "lm-eval", "tasks": scores}
@@ -84,7 +91,7 @@ def evaluate_adapter(
         run_dir = Path(path) if path else Path(adapter).parent if adapter else None
         if run_dir is None:
             raise ValueError("The heldout suite scores a run's own held-out split: pass --adapter RUN/adapter or --path RUN.")
-        model = model or _base_name(run_dir / "adapter", None)  # the run's base model
+        model = model or base_model_name(run_dir / "adapter", None)  # the run's base model
         peft_model, tokenizer, name = load_model_with_adapter(adapter, model, device)
         with torch.no_grad():
             result = run_heldout(peft_model, tokenizer, run_dir, batch_size=batch_size)
@@ -94,7 +101,7 @@ def evaluate_adapter(
         with torch.no_grad():
             result = run_suite(suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path)
     result.update(
-        model=_base_name(adapter, model), adapter=str(adapter) if adapter else None,
+        model=base_model_name(adapter, model), adapter=str(adapter) if adapter else None,
         eval_s=time.perf_counter() - start,
     )
     logger.debug("%s", json.dumps({k: v for k, v in result.items() if k != "subsets"}))

@@ -81,3 +81,14 @@ def test_eval_output_is_readable_and_quiet(monkeypatch: pytest.MonkeyPatch) -> N
     assert result.exit_code == 0, result.output
     assert "FutureWarning" not in result.output and "{'" not in result.output
     assert "acc 0.5000" in result.stdout and "social_iqa" in result.stdout
+
+
+def test_a_lone_adapter_names_its_base(tmp_path: Path) -> None:
+    from ecolora.eval.adapter import base_model_name
+
+    for base, want in (("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m"), ("tiny-llama", "tiny-llama")):
+        folder = tmp_path / want
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        assert base_model_name(folder, None) == want
+    assert base_model_name(tmp_path / "tiny-llama", "smollm2-135m") == "smollm2-135m"
