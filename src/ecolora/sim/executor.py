@@ -1,8 +1,9 @@
-"""Where a client's work runs for the loops with their own rounds (FedBuff, HierFedLoRA).
+"""Where a client's work runs, for every loop (synchronous, asynchronous, hierarchical).
 
 A *job* is one message to one client: down through the wire, ``Strategy.client_round`` on that
-client, the reply back up. :mod:`ecolora.sim.async_runner` and :mod:`ecolora.sim.hier_runner` are
-written once against :class:`ClientExecutor` and run on either implementation:
+client, the reply back up. :mod:`ecolora.sim.sync_runner`, :mod:`ecolora.sim.async_runner` and
+:mod:`ecolora.sim.hier_runner` are written once against :class:`ClientExecutor` and run on either
+implementation:
 
 * :class:`InProcessExecutor` (here): the client works in this process, on the run's shared model,
   right when the job starts; every message crosses the byte ledger as in
@@ -12,10 +13,12 @@ written once against :class:`ClientExecutor` and run on either implementation:
   jobs started together train concurrently.
 
 Both record a download when the job starts and an upload when the loop *receives* the reply
-(:meth:`ClientExecutor.receive`, which may be later: FedBuff receives in simulated-time order),
-both as ``len(payload) + len(header)`` of the real bytes. A *local* job (HierFedLoRA: the group
-leader training on its own device) is not network traffic: it is neither counted nor compressed
-(exact bytes where it must cross a process boundary).
+(:func:`receive_reply`, which may be later: the asynchronous loop receives in simulated-time
+order), both as ``len(payload) + len(header)`` of the real bytes. A *local* job (the hierarchical
+loop's group leader training on its own device) is not network traffic: it is neither counted nor
+compressed (exact bytes where it must cross a process boundary). ``borrow`` and ``lend`` move
+client states between the loop and where the clients live (a group leader's role in the server,
+checkpoints and resume).
 """
 
 from __future__ import annotations
