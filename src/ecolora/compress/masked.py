@@ -4,12 +4,14 @@ Sending parameters sparsely needs to say which entries were sent: a sent value m
 (or underflow to 0 in fp16), so "zero means not sent" would overwrite nothing where it should
 write 0, and would count a real 0 as missing in an average. A :class:`MaskedTensor` is a bool mask
 shaped like the tensor and the 1-D values at its set entries (row-major order). On the wire a
-masked tensor ``name`` travels as two codec tensors: ``name`` (the values) and
-``name + MASK_SUFFIX`` (the mask, its positions Golomb-coded like any sparse tensor's).
+masked tensor ``name`` travels as the sparse tensor of its values (positions and values coded like
+any sparse tensor's) plus, only when a sent value is exactly 0, ``name + MASK_SUFFIX``: the bool
+mask of those entries, so a sent 0 is never read as "not sent".
 
 Selection (eq. 5 with the residual of eq. 6): with a base ``B`` (what the receiver holds), the
-residual is ``R = P - B`` and the entries sent are the top-k of ``|R|``; without a base (no error
-feedback) the top-k of ``|P|``. The values sent are ``P`` at those entries, in the wire dtype.
+residual is ``R = P - B`` and the entries sent are the non-zero entries of ``SC_k(R)`` (the top-k
+of ``|R|``; an entry where ``R`` is 0 would rewrite what the receiver has); without a base (no
+error feedback) the top-k of ``|P|``. The values sent are ``P`` at those entries, in the wire dtype.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ecolora.compress.topk import topk_mask
 
 __all__ = ["MASK_SUFFIX", "MaskedTensor", "apply_masked", "join_masked", "select_masked", "split_masked"]
 
-MASK_SUFFIX = "@mask"
+MASK_SUFFIX = "@zeros"  # the sent entries whose value is exactly 0 (bool; only when there are any)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,11 @@ def select_masked(target: torch.Tensor, base: torch.Tensor | None, density: floa
                   wire_dtype: torch.dtype) -> MaskedTensor:
     """The wire values of ``target`` at the top-k of ``|target - base|`` (``|target|`` if no base)."""
     target = target.detach().float()
-    mask = topk_mask(target if base is None else target - base, density)
+    if base is None:
+        mask = topk_mask(target, density)
+    else:  # only non-zero entries of SC_k(R) are sent (sec. 3.5): an entry equal to the copy carries nothing
+        residual = target - base.float()
+        mask = topk_mask(residual, density) & (residual != 0)
     return MaskedTensor(mask, target[mask].to(wire_dtype).float())
 
 
@@ -55,22 +61,29 @@ def apply_masked(base: torch.Tensor, sent: MaskedTensor) -> torch.Tensor:
 
 
 def split_masked(tensors: Mapping[str, MaskedTensor]) -> dict[str, torch.Tensor]:
-    """Codec tensors of masked tensors: ``name`` -> values, ``name@mask`` -> mask."""
+    """Codec tensors of masked tensors: ``name`` -> the values at their entries (zeros elsewhere,
+    so the codec sends positions and values as for any sparse tensor) and, only if a sent value is
+    exactly 0, ``name@zeros`` -> the bool mask of those entries (usually absent: free)."""
     out: dict[str, torch.Tensor] = {}
     for name, m in tensors.items():
-        out[name] = m.values
-        out[name + MASK_SUFFIX] = m.mask
+        dense = torch.zeros(m.mask.shape)
+        dense[m.mask] = m.values.float()
+        out[name] = dense
+        zeros = m.mask & (dense == 0)
+        if bool(zeros.any()):
+            out[name + MASK_SUFFIX] = zeros
     return out
 
 
 def join_masked(tensors: Mapping[str, torch.Tensor]) -> dict[str, MaskedTensor]:
-    """Inverse of :func:`split_masked` (names without their mask are an error)."""
+    """Inverse of :func:`split_masked`: sent entries are the non-zeros and the ``@zeros`` entries."""
     out: dict[str, MaskedTensor] = {}
-    for name, values in tensors.items():
+    for name, dense in tensors.items():
         if name.endswith(MASK_SUFFIX):
             continue
-        mask = tensors.get(name + MASK_SUFFIX)
-        if mask is None:
-            raise ValueError(f"masked tensor {name!r} has no {name + MASK_SUFFIX!r}")
-        out[name] = MaskedTensor(mask.bool(), values.reshape(-1).float())
+        mask = dense != 0
+        zeros = tensors.get(name + MASK_SUFFIX)
+        if zeros is not None:
+            mask = mask | zeros.bool().reshape(mask.shape)
+        out[name] = MaskedTensor(mask, dense[mask].float())
     return out

@@ -118,17 +118,17 @@ class EcoLoRA(Strategy):
         return "dense", dict(snapshot)
 
     def expected_shapes(self, client_id: int, asked: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The 1-D pieces of the segment the client was asked for (eq. 2); ``paper``: each piece's
-        mask and its values (``(-1,)``: as many as the mask sets)."""
+        """The 1-D pieces of the segment the client was asked for (eq. 2); ``paper``: and each
+        piece's optional ``@zeros`` mask."""
         pieces: dict[str, tuple[int, ...]] = {
             name: (end - start,) for name, start, end in self.layout.pieces(int(asked["segment"]))}
         if not self.paper:
             return pieces
-        return {**{k + MASK_SUFFIX: shape for k, shape in pieces.items()}, **{k: (-1,) for k in pieces}}
+        return {**pieces, **{k + MASK_SUFFIX: shape for k, shape in pieces.items()}}
 
     def max_message_numel(self) -> int:
         """Every message carries at most the whole exchanged LoRA (both directions); ``paper``:
-        and its mask."""
+        and its ``@zeros`` masks."""
         return 2 * self.layout.numel if self.paper else self.layout.numel
 
     # Streaming step 5: per segment s a running sum S_s = sum_i n_i X_i[s] and W_s = sum_i n_i,

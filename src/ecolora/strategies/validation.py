@@ -18,8 +18,8 @@ Reasons are ``"<code>: <details>"``; the codes are stable (tests and dashboards 
 ``metric``         a required metric (``train_loss``, ``initial_loss``) is missing or not finite
 ``unknown_tensor`` a tensor name the server did not ask for
 ``missing_tensor`` an expected tensor is absent
-``dtype``          a tensor is not float16, bfloat16 or float32 (a mask ``<name>@mask``: bool)
-``shape``          a tensor's shape differs from the expected one (masked values: one per set entry)
+``dtype``          a tensor is not float16, bfloat16 or float32 (a mask ``<name>@zeros``: bool, optional)
+``shape``          a tensor's shape differs from the expected one 
 ``non_finite``     a tensor holds NaN or +-inf
 ``config``         the reply's config does not say what it answers (e.g. no segment)
 ``payload``        the bytes could not be decoded (:class:`~ecolora.codec.CodecError`);
@@ -49,7 +49,6 @@ from ecolora.strategies.message import Message
 __all__ = [
     "CLIENT_REJECTION_KEY",
     "ECHOED_KEYS",
-    "MASKED_VALUES",
     "REASON_CODES",
     "REQUIRED_METRICS",
     "WIRE_FLOAT_DTYPES",
@@ -62,7 +61,6 @@ CLIENT_REJECTION_KEY = "rejected"  # a reply's own reason not to be aggregated (
 ECHOED_KEYS = ("round", "segment")  # config values a reply must repeat from its request
 REQUIRED_METRICS = ("train_loss", "initial_loss")  # read by the loss schedule (EcoLoRA eq. 4)
 WIRE_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MASKED_VALUES = (-1,)  # expected shape of the values of a masked tensor ``name`` (``name@mask`` sets them)
 REASON_CODES = (
     "round", "segment", "not_asked", "duplicate", "num_examples", "metric", "unknown_tensor",
     "missing_tensor", "dtype", "shape", "non_finite", "config", "payload",
@@ -138,7 +136,7 @@ def _check_tensors(
         unknown = sorted(set(tensors) - set(shapes))
         if unknown:
             return f"unknown_tensor: {_head(unknown)} not asked for"
-        missing = sorted(set(shapes) - set(tensors))
+        missing = sorted(n for n in set(shapes) - set(tensors) if not n.endswith(MASK_SUFFIX))  # masks: optional
         if missing:
             return f"missing_tensor: {_head(missing)} absent"
     for name, tensor in tensors.items():
@@ -147,13 +145,8 @@ def _check_tensors(
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in allowed:
             got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             return f"dtype: {name!r} is {got}, expected {'bool' if is_mask else 'float16, bfloat16 or float32'}"
-        if shapes is not None:
-            expected = tuple(shapes[name])
-            if expected == MASKED_VALUES:  # as many values as the tensor's mask sets
-                mask = tensors.get(name + MASK_SUFFIX)
-                expected = (int(mask.sum()),) if isinstance(mask, torch.Tensor) else expected
-            if tuple(tensor.shape) != expected:
-                return f"shape: {name!r} has shape {tuple(tensor.shape)}, expected {expected}"
+        if shapes is not None and tuple(tensor.shape) != tuple(shapes[name]):
+            return f"shape: {name!r} has shape {tuple(tensor.shape)}, expected {tuple(shapes[name])}"
         if not is_mask and not bool(torch.isfinite(tensor).all()):
             return f"non_finite: {name!r} holds NaN or infinite values"
     return None

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from ecolora import codec
+from ecolora.compress.masked import apply_masked, join_masked, select_masked, split_masked
 from ecolora.config import load_config
 from ecolora.strategies import Message, build_strategy
 from ecolora.strategies.base import TrainResult
@@ -197,7 +199,8 @@ class _PaperReference:
         """base with fp16(target) written at the top-k of |target - base| per tensor (eqs. 5-6)."""
         out = base.copy()
         for name, a, b in self.pieces(lo, hi):
-            mask = _topk(target[a:b] - base[a:b], round(self.density(name) * (b - a)))
+            residual = target[a:b] - base[a:b]
+            mask = _topk(residual, round(self.density(name) * (b - a))) & (residual != 0)  # SC_k(R)'s non-zeros
             out[a:b][mask] = _fp16(target[a:b][mask])
         return out
 
@@ -254,3 +257,18 @@ def test_paper_mode_matches_an_independent_reference_of_eqs_2_to_6():
             mine = np.concatenate([clients[c].state["view"][nm].reshape(-1).numpy() for nm in reference.names])
             np.testing.assert_array_equal(mine, copy)
     assert len(densities) > 10  # eq. 4 moved the densities over the run
+
+
+def test_masked_values_survive_the_codec_with_sent_zeros_and_cost_no_more_than_a_sparse_tensor():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(500, generator=g)
+    target = base + torch.randn(500, generator=g) * (torch.rand(500, generator=g) < 0.5)
+    target[:3] = 0.0  # sent zeros must arrive as values, not as "not sent"
+    base[:3] = 1.0
+    sent = {"x": select_masked(target, base, 0.4, torch.float16)}
+    payload = codec.pack(split_masked(sent))
+    got = join_masked(codec.unpack(payload))["x"]
+    assert torch.equal(got.mask, sent["x"].mask) and torch.equal(got.values, sent["x"].values)
+    assert torch.equal(apply_masked(base, got)[:3], torch.zeros(3))
+    sparse = codec.pack({"x": torch.where(sent["x"].mask, target, torch.zeros(()))})
+    assert len(payload) <= len(sparse) + 32  # the @zeros entry (manifest, positions, 3 bytes) and nothing else

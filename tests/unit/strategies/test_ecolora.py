@@ -43,7 +43,7 @@ def test_paper_worked_example_five_clients_three_segments(mode):
     expected[18:28] += (2 * 2 + 5 * 5) / (2 + 5)  # segment 2: clients 1 and 4, weights 2 and 5
     assert torch.allclose(flat, expected, atol=0 if mode == "delta" else 4e-3)  # paper: fp16 parameters
     # each upload carries only its segment
-    assert sum(v.numel() for k, v in replies[2].tensors.items() if not k.endswith("@mask")) == 9
+    assert sum(v.numel() for k, v in replies[2].tensors.items() if not k.endswith("@zeros")) == 9
 
 
 def test_segment_without_uploader_keeps_previous_value():
