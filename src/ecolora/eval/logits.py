@@ -1,11 +1,6 @@
-"""Log-probabilities at chosen positions only, and shared-prefix packing for multiple choice.
+"""Shared-prefix packing for multiple choice (the output head only at scored positions:
+:func:`ecolora.client.logits.gathered_logps`).
 
-Evaluation is compute-bound on the vocabulary projection and on repeated contexts, so:
-
-* :func:`gathered_logps` runs the transformer body once and applies the output head (``lm_head``,
-  ``V`` columns) only at the positions that are scored: an ``(N, V)`` matrix instead of
-  ``(B, T, V)``. For SmolLM2 (``V = 49,152``) the head costs as much as ~a fifth of the body per
-  position, and the full logits of a batch of 8 x 256 tokens take 400 MB in float32.
 * :func:`score_prefix_groups` scores all continuations of one context in a single sequence
   ``[prefix, c_1, ..., c_K]`` with a tree attention mask: ``c_k`` sees the prefix and its own
   earlier tokens, never another continuation, and its positions restart at ``len(prefix)``
@@ -20,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PrefixGroup", "body_and_head", "gathered_logps", "score_prefix_groups"]
+from ecolora.client.logits import gathered_logps
+
+__all__ = ["PrefixGroup", "score_prefix_groups"]
 
 
 @dataclass(frozen=True)
@@ -33,56 +30,6 @@ class PrefixGroup:
     @property
     def length(self) -> int:
         return len(self.prefix) + sum(len(c) for c in self.continuations)
-
-
-def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """The decoder stack (hidden states) and the output head of a transformers causal LM, or None.
-
-    A peft model's LoRA layers live inside the base model's modules, so its body applies them.
-    """
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if get_base is not None else model
-    get_decoder = getattr(base, "get_decoder", None)
-    get_head = getattr(base, "get_output_embeddings", None)
-    if get_decoder is None or get_head is None:
-        return None
-    body, head = get_decoder(), get_head()
-    if body is None or head is None or body is base:
-        return None
-    return body, head
-
-
-def gathered_logps(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    targets: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``log p(targets[n] | tokens[rows[n], :cols[n] + 1])`` for each n, float32 ``(N,)``.
-
-    ``attention_mask`` is a 2D padding mask ``(B, T)`` or a 4D additive mask ``(B, 1, T, T)``.
-    Inputs may live on the CPU; they are moved to the model's device. A model that is not a
-    transformers causal LM (no decoder/head split) computes full logits, then gathers.
-    """
-    device = next(model.parameters()).device
-    inputs = {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "position_ids": None if position_ids is None else position_ids.to(device),
-        "use_cache": False,
-    }
-    rows, cols = rows.to(device), cols.to(device)
-    split = body_and_head(model)
-    if split is None:
-        logits = model(**inputs).logits[rows, cols].float()  # (N, V)
-    else:
-        hidden = split[0](**inputs).last_hidden_state  # (B, T, H)
-        logits = split[1](hidden[rows, cols]).float()  # (N, V): the head at scored positions only
-    logps: torch.Tensor = logits.log_softmax(-1).gather(1, targets.to(device).unsqueeze(1)).squeeze(1)
-    return logps  # (N,)
 
 
 def score_prefix_groups(

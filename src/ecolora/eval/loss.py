@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from ecolora.client.dpo import IGNORE_INDEX
-from ecolora.eval.logits import gathered_logps
+from ecolora.client.logits import gathered_logps
 
 __all__ = ["held_out_loss", "perplexity"]
 

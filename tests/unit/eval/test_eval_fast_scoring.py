@@ -8,8 +8,9 @@ from tiny_lm import make_model, make_tokenizer, wrap_lora
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ecolora.client.dpo import sequence_logps
+from ecolora.client.logits import gathered_logps
 from ecolora.data.prompts import collate_sft, encode_sft
-from ecolora.eval.logits import PrefixGroup, gathered_logps, score_prefix_groups
+from ecolora.eval.logits import PrefixGroup, score_prefix_groups
 from ecolora.eval.loss import held_out_loss
 from ecolora.eval.multiple_choice import choice_logprobs
 
