@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from ecolora.cache import AssetError
 from ecolora.client.device import placement_from_config, shape_overrides
+from ecolora.client.dpo import collate_preference, dpo_batch_loss, encode_preference
 from ecolora.client.lora import (
     LoraSettings,
     add_lora_adapter,
@@ -26,8 +28,10 @@ from ecolora.client.lora import (
     get_lora_state,
 )
 from ecolora.client.model import BUILTIN_MODELS, check_model_fits_device, load_base_model
-from ecolora.client.train import LocalTrainer, sft_loss
+from ecolora.client.train import LocalTrainer, LossFn, sft_loss
 from ecolora.config import RunConfig
+from ecolora.data import collate_sft, load_instruction_rows, split_train_eval
+from ecolora.data.preference import load_preference_rows
 from ecolora.data.templates import encode_example, resolve_template
 from ecolora.eval.loss import held_out_loss
 from ecolora.rundir import SetupError
@@ -88,7 +92,7 @@ class TaskData:
     eval_examples: list[dict[str, Any]]
     train_rows: list[dict[str, Any]]
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
-    loss_fn: Callable[..., Any]
+    loss_fn: LossFn
 
 
 @dataclass
@@ -132,29 +136,22 @@ def build_task(config: RunConfig, tokenizer: Any) -> TaskData:
     """Load rows, draw the held-out split, tokenize once (SFT or DPO)."""
     data = config.data
     eval_size: float = int(data.eval_size) if data.eval_size >= 1 else float(data.eval_size)
+    encode: Callable[[Mapping[str, Any]], dict[str, list[int]]]
+    loss_fn: LossFn
     if config.train.objective == "sft":
-        from ecolora.data import collate_sft, load_instruction_rows, split_train_eval
-
         rows = load_instruction_rows(data.source, limit=data.limit, seed=config.seed,
                                      data_format=data.format, columns=data.columns)
         train_rows, eval_rows = split_train_eval(rows, eval_size, seed=config.seed)
         template = resolve_template(data.template, tokenizer, data.source)
-        encode = lambda row: encode_example(tokenizer, row, data.max_seq_len, template)  # noqa: E731
-        pad_id = int(tokenizer.pad_token_id)
-        collate = lambda batch: collate_sft(batch, pad_id)  # noqa: E731
+        encode = partial(encode_example, tokenizer, max_seq_len=data.max_seq_len, template=template)
+        collate = partial(collate_sft, pad_token_id=int(tokenizer.pad_token_id))
         loss_fn = sft_loss
     else:
-        from ecolora.client.dpo import collate_preference, dpo_batch_loss, encode_preference
-        from ecolora.data import split_train_eval
-        from ecolora.data.preference import load_preference_rows
-
         rows = load_preference_rows(data.source, limit=data.limit, seed=config.seed)
         train_rows, eval_rows = split_train_eval(rows, eval_size, seed=config.seed)
-        encode = lambda row: encode_preference(tokenizer, row, data.max_seq_len)  # noqa: E731
-        pad_id = int(tokenizer.pad_token_id)
-        collate = lambda batch: collate_preference(batch, pad_id)  # noqa: E731
-        beta = config.train.dpo_beta
-        loss_fn = lambda model, batch: dpo_batch_loss(model, batch, beta)  # noqa: E731
+        encode = partial(encode_preference, tokenizer, max_seq_len=data.max_seq_len)
+        collate = partial(collate_preference, pad_token_id=int(tokenizer.pad_token_id))
+        loss_fn = partial(dpo_batch_loss, beta=config.train.dpo_beta)
     return TaskData(
         train_examples=[encode(r) for r in train_rows],
         eval_examples=[encode(r) for r in eval_rows],
@@ -280,14 +277,15 @@ def _make_eval_fn(config: RunConfig, model: Any, task: TaskData) -> Callable[[],
     batch_size = max(config.eval.batch_size, 1)
     examples = task.eval_examples
 
-    def batches():  # type: ignore[no-untyped-def]
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
         for i in range(0, len(examples), batch_size):
             yield task.collate(examples[i : i + batch_size])
 
     if config.train.objective == "dpo":
 
         def dpo_eval() -> float:
-            losses, weights = [], []
+            losses: list[float] = []
+            weights: list[int] = []
             for batch in batches():
                 loss, _ = task.loss_fn(model, batch)
                 losses.append(float(loss))
