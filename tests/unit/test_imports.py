@@ -174,7 +174,6 @@ def test_import_graph_counts_the_packages_an_import_runs() -> None:
     }
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: cycles being removed")
 def test_import_graph_is_acyclic(known: dict[str, Path], import_edges: list[Edge]) -> None:
     cycles = all_cycles(import_graph(known, import_edges))
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
@@ -186,7 +185,6 @@ def test_package_modules_do_not_import_the_top_level_package(import_edges: list[
     assert not bad, f"import from the submodule that defines the name, not from {PACKAGE}: {bad}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: private names being made public")
 def test_no_private_names_imported_across_modules(import_edges: list[Edge]) -> None:
     bad = [
         f"{e.source}:{e.line} imports {e.target}.{name}"
@@ -197,7 +195,6 @@ def test_no_private_names_imported_across_modules(import_edges: list[Edge]) -> N
     assert not bad, "make these public (drop the underscore) or move them:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: function-level imports being moved up")
 def test_own_modules_are_imported_at_module_level(import_edges: list[Edge]) -> None:
     bad = [
         f"{e.source}:{e.line} imports {e.target}"

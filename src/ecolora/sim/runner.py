@@ -30,8 +30,11 @@ import yaml
 
 from ecolora.client.shapes import model_note
 from ecolora.config import RunConfig
+from ecolora.eval.suites import run_suite
 from ecolora.network.ledger import ByteLedger
+from ecolora.network.runs import annotate_metrics
 from ecolora.report.logs import RoundLog, check_round_logs, open_round_logs
+from ecolora.report.plots import plot_run
 from ecolora.rundir import RunStopped, stop_requested
 from ecolora.sim.checkpoint import (
     CHECKPOINT_DIR,
@@ -176,10 +179,6 @@ def finish_round(
     record = _round_record(
         server_round, sampled, replies, per_client, ledger, eval_loss, strategy_metrics
     )
-    if eval_loss is not None:
-        from ecolora.sim.setup import eval_extra
-
-        record.update(eval_extra)
     suites_due = config.eval.suites and (
         server_round == fed.rounds
         or (config.eval.every > 0 and server_round % config.eval.every == 0)
@@ -205,8 +204,6 @@ def finish_run(
     summary = _summary(config, setup, history, ledger, initial_eval, wall_s)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     try:
-        from ecolora.report.plots import plot_run
-
         plot_run(out_dir)
     except Exception as exc:  # plots must never lose a finished run
         logger.warning("Could not draw plots for %s: %s", out_dir, exc)
@@ -242,8 +239,6 @@ def _round_record(
 
 def _run_suites(setup: RunSetup, config: RunConfig) -> dict[str, Any]:
     """Score the global adapter on each configured suite (multiple choice, preference, ...)."""
-    from ecolora.eval import run_suite
-
     setup.strategy.prepare_eval(setup.eval_client)
     scores = {}
     with torch.no_grad():
@@ -269,8 +264,6 @@ def _with_network_time(record: dict[str, Any], config: RunConfig) -> dict[str, A
     """Add per-scenario ``net`` timings (download + compute + upload, slowest client)."""
     if not config.network.scenarios:
         return record
-    from ecolora.network import annotate_metrics
-
     rows, _ = annotate_metrics(
         [record],
         config.network.scenarios,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +30,14 @@ from ecolora.client.lora import (
 from ecolora.client.model import BUILTIN_MODELS, check_model_fits_device, load_base_model
 from ecolora.client.train import LocalTrainer, LossFn, sft_loss
 from ecolora.config import RunConfig
-from ecolora.data import collate_sft, load_instruction_rows, split_train_eval
+from ecolora.data import (
+    collate_sft,
+    load_instruction_rows,
+    make_partitioner,
+    partition_stats,
+    resolve_partition,
+    split_train_eval,
+)
 from ecolora.data.preference import load_preference_rows
 from ecolora.data.templates import encode_example, resolve_template
 from ecolora.eval.loss import held_out_loss
@@ -192,8 +199,6 @@ def build_setup(config: RunConfig) -> RunSetup:
 
     with setup_step(f"cannot read data {config.data.source!r}", DATA_FIX):
         task = build_task(config, tokenizer)
-    from ecolora.data import make_partitioner, partition_stats, resolve_partition
-
     with setup_step(f"cannot split the data into {config.fed.num_clients} clients",
                     "lower fed.num_clients or raise data.limit, or choose another data.partition"):
         partitioner = make_partitioner(
@@ -268,9 +273,6 @@ def _rank_adapters(
             seed=seed,
         )
     return (lambda rank: f"r{rank}") if ranks else None
-
-
-eval_extra: dict[str, float] = {}  # extra held-out metrics of the last evaluation (DPO rewards)
 
 
 def _make_eval_fn(config: RunConfig, model: Any, task: TaskData) -> Callable[[], float]:

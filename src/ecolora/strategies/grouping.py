@@ -199,6 +199,12 @@ class GroupedStrategy(Strategy, ABC):
     def round_groups(self, sampled: list[int], num_examples: Mapping[int, int]) -> dict[int, list[int]]:
         """Group id -> the sampled members of that group, its leader first."""
 
+    def replan(self, server_round: int, participants: Mapping[int, Sequence[int]]) -> bool:
+        """Re-plan the groups of ``server_round`` from its participants (group -> members);
+        return whether a plan changed. Default: the plans of :meth:`form_groups` hold all run."""
+        del server_round, participants
+        return False
+
     @abstractmethod
     def start_group(self, leader: ClientRuntime, message: Message) -> None:
         """The leader applies the server's message: the start of the group model."""

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecolora.client.lora import lora_layer_index
 from ecolora.compress.ecolora import EcoLoRACompressor
 from ecolora.config import RunConfig
 from ecolora.strategies.base import (
@@ -305,9 +306,7 @@ class HierFedLoRA(FedIT, GroupedStrategy):
 
 
 def _layer_index(key: str) -> int:
-    """Transformer block of a LoRA key (imported lazily: ``ecolora.client`` loads transformers)."""
-    from ecolora.client.lora import lora_layer_index
-
+    """Transformer block of a LoRA key."""
     return lora_layer_index(key)
 
 
