@@ -71,6 +71,7 @@ from ecolora.sim.setup import RunSetup, build_setup
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies.base import Message
 from ecolora.strategies.grouping import GroupedStrategy, category_counts
+from ecolora.strategies.validation import CLIENT_REJECTION_KEY
 
 logger = logging.getLogger("ecolora")
 
@@ -161,6 +162,9 @@ def _group_round(
         for job, ticket in zip(jobs, tickets, strict=True):
             got = done[ticket]
             reply, reason = receive_reply(strategy, ledger, server_round, got)
+            declared = reply.config.get(CLIENT_REJECTION_KEY) if reply is not None else None
+            if declared is not None:  # e.g. non_finite: the member checked its LoRA before compressing
+                reply, reason = None, str(declared)
             if reply is None:  # tau_g aggregations and the delta views need every member's update
                 raise RuntimeError(
                     f"{strategy.name} round {server_round}, group {group}, intra round {intra_round}: client "

@@ -185,7 +185,7 @@ class GroupedStrategy(Strategy, ABC):
     """A strategy whose global rounds are made of client groups, each with its own intra-group
     rounds led by one member (run by :func:`ecolora.sim.hier_runner.run_hierarchical`, the
     ``hierarchical`` loop of :mod:`ecolora.methods`). Per global round t and group g:
-    ``configure_round`` (server -> leaders), ``start_group`` (the leader applies it),
+    ``replan`` (optional), ``configure_round`` (server -> leaders), ``start_group`` (the leader applies it),
     ``plans[g].intra_rounds`` x [``configure_intra`` -> members' ``client_round`` ->
     ``aggregate_intra``], ``close_group`` (leader -> server), then ``aggregate_round``."""
 

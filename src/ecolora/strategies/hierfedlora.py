@@ -59,6 +59,7 @@ from ecolora.strategies.grouping import (
     group_divergences,
     near_iid_groups,
 )
+from ecolora.strategies.validation import CLIENT_REJECTION_KEY, nonfinite_reason
 
 logger = logging.getLogger("ecolora")
 
@@ -280,6 +281,11 @@ class HierFedLoRA(FedIT, GroupedStrategy):
         result = runtime.train(int(cfg["train_round"]), cfg)
         local = runtime.get_lora()
         update = {k: local[k].float() - start[k] for k in keys}
+        reason = nonfinite_reason(update)
+        if reason is not None:  # validate before compressing (top-k cannot rank NaN)
+            return Message(config={"round": cfg["round"], "intra": cfg["intra"], "group": cfg["group"],
+                                   CLIENT_REJECTION_KEY: reason},
+                           num_examples=result.num_examples, metrics=train_metrics(result))
         if self.compressed and not cfg.get("local", False):
             update = self.compressor.compress(runtime.state, "hier/up", update,
                                               float(cfg["density_a"]), float(cfg["density_b"]))

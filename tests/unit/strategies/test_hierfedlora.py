@@ -10,6 +10,7 @@ from ecolora.config import ConfigError, load_config
 from ecolora.network import parse_scenario, round_timing, tcp_transfer_time_s
 from ecolora.network.ledger import ByteLedger
 from ecolora.sim.executor import InProcessExecutor
+from ecolora.sim.faults import ClientFault, faulty_runtime
 from ecolora.sim.hier_runner import _group_round, hier_round_timing
 from ecolora.sim.transport import InProcessTransport
 from ecolora.strategies import build_strategy
@@ -257,3 +258,12 @@ def test_replan_sets_tau_and_depth_from_the_participants_divergence():
     assert replanned.members == first[0].members and strategy.plans[1] == first[1]
     with pytest.raises(ConfigError, match="`hier.replan_every` must be >= 0"):
         _strategy("hier.replan_every=-1")
+
+
+def test_member_with_nonfinite_lora_stops_the_round_with_its_reason():
+    """Regression (issue 16, point 5): top-k raised on the NaN inside the member's compression."""
+    strategy = _strategy("hier.intra_rounds=1", "hier.depth=2", method="hierfedlora+ecolora")
+    clients = [NoisyRuntime(c, num_examples=c + 1) for c in range(4)]
+    clients[0] = faulty_runtime(clients[0], ClientFault("nonfinite"))  # a member, not a leader
+    with pytest.raises(RuntimeError, match="sent no usable update: non_finite: "):
+        _play(strategy, 1, clients)
