@@ -90,6 +90,7 @@ def assert_same_run(flower_dir: Path, inproc_dir: Path, atol: float = 0.0) -> No
     [
         ("fedit", (), 0.0),
         ("fedit+ecolora", (), 0.0),
+        ("fedit+ecolora", ("ecolora.aggregate=paper",), 0.0),  # per-client records, masked values
         ("ffa+ecolora", (), 0.0),
         ("flasc", (), 0.0),
         # FLoRA: in one process the server's eval merges its fp32 stacks into the base all clients share,
