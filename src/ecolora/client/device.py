@@ -19,11 +19,11 @@ import resource
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard, get_args
+from typing import Any, TypeGuard, get_args
 
 import torch
 
-from ecolora.config import RunConfig
+from ecolora.config import ModelDtype, Quantization, RunConfig
 
 __all__ = [
     "DTYPES",
@@ -43,8 +43,7 @@ __all__ = [
     "to_device",
 ]
 
-DTypeName = Literal["float32", "bfloat16", "float16"]
-Quantization = Literal["none", "8bit", "4bit"]
+DTypeName = ModelDtype  # the config's model.dtype values
 DTYPES: tuple[str, ...] = get_args(DTypeName)
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

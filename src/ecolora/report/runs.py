@@ -11,7 +11,7 @@ import yaml
 
 from ecolora.config import RunConfig
 
-__all__ = ["load_run", "run_labels"]
+__all__ = ["flatten_config", "load_run", "run_labels"]
 
 # Settings that never change what a run computes: left out of the labels.
 _NOT_A_VARIANT = ("train.num_threads", "eval.batch_size")
@@ -40,8 +40,8 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
         methods.append(summary.get("method") or Path(run_dir).name)
         path = Path(run_dir) / "config.yaml"
         config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        flats.append(_flatten(config or {}))
-    defaults = _flatten(RunConfig().to_dict())
+        flats.append(flatten_config(config or {}))
+    defaults = flatten_config(RunConfig().to_dict())
     labels = []
     for i, method in enumerate(methods):
         peers = [flats[j] for j, m in enumerate(methods) if m == method]
@@ -57,11 +57,12 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
             for i, label in enumerate(labels)]
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys: ``{"fed": {"rounds": 2}}`` -> ``{"fed.rounds": 2}``."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -25,7 +25,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ecolora.network.runs import annotate_metrics, normalize_scenarios, time_to_target  # noqa: E402
-from ecolora.report.runs import load_run  # noqa: E402
+from ecolora.report.runs import flatten_config, load_run  # noqa: E402
 
 __all__ = ["SeedGroup", "format_seed_table", "group_seed_runs", "plot_seed_curves", "summarize_seeds"]
 
@@ -42,22 +42,12 @@ class SeedGroup:
     seeds: list[int] = field(default_factory=list)
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ValueError(f"{run_dir} has no config.yaml: `--seeds` groups runs by their configs.")
     loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return _flatten(loaded)
+    return flatten_config(loaded)
 
 
 def group_seed_runs(run_dirs: Sequence[Path]) -> list[SeedGroup]:
