@@ -9,12 +9,13 @@ reference of eqs. 2-6 written from the paper alone (``_PaperReference`` below), 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from strategies.fakes import FakeRuntime
 
 from ecolora import codec
 from ecolora.compress.masked import apply_masked, join_masked, select_masked, split_masked
@@ -32,29 +33,15 @@ def _initial(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class _Client:
-    """'Training' moves every value by a seeded step (scale 0: training changes nothing)."""
+class _Client(FakeRuntime):
+    """'Training' moves every value by a seeded step of scale ``step`` (0: training changes nothing)."""
 
-    client_id: int
-    num_examples: int
-    scale: float = 0.1
-    state: dict[str, Any] = field(default_factory=dict)
-    lora: dict[str, torch.Tensor] = field(default_factory=dict)
-    start: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def get_lora(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.lora.items()}
-
-    def set_lora(self, tensors: Any) -> None:
-        self.lora = {k: v.clone().float() for k, v in tensors.items()}
-
-    def freeze(self, predicate: Any) -> None:
-        del predicate
+    step: float = 0.1
 
     def train(self, server_round: int, config: Any) -> TrainResult:
-        self.start = self.get_lora()
+        self.seen_start = self.get_lora()
         g = torch.Generator().manual_seed(7919 * self.client_id + int(server_round))
-        self.lora = {k: v + self.scale * torch.randn(v.shape, generator=g) for k, v in sorted(self.lora.items())}
+        self.lora = {k: v + self.step * torch.randn(v.shape, generator=g) for k, v in sorted(self.lora.items())}
         return TrainResult(train_loss=3.0 - 0.05 * server_round, initial_loss=3.2, num_examples=self.num_examples,
                            num_steps=1, compute_s=0.0)
 
@@ -121,7 +108,7 @@ def test_delta_uploads_keep_the_rounding_error_in_the_residual():
         strategy.aggregate_round(t, {0: reply})
         for k in decoded:
             decoded[k] += reply.tensors[k].float()
-            updates[k] += (client.lora[k] - client.start[k]).reshape(-1)
+            updates[k] += (client.lora[k] - client.seen_start[k]).reshape(-1)
     residual = client.state["feedback"]["residuals"]["up/0"]
     for k in decoded:
         assert torch.allclose(decoded[k] + residual[k], updates[k], rtol=0, atol=2e-6)
