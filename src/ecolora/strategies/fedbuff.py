@@ -166,7 +166,8 @@ class FedBuffEcoLoRA(_Versioned, EcoLoRA):
         else:
             messages = {cid: self._message_at_prepared_version(version, cid) for cid in client_ids}
         for cid in client_ids:
-            messages[cid].config.update(segment=self.num_dispatched % self.layout.num_segments, version=version)
+            # eq. 2 with the dispatch index as the position (and no round offset)
+            messages[cid].config.update(segment=self.compressor.segment(self.num_dispatched, 0), version=version)
             self.num_dispatched += 1
         return messages
 
