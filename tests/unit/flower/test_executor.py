@@ -57,3 +57,14 @@ def test_state_of_another_partition_is_refused():
                     message_type="query")  # fmt: skip
     [reply] = work.grid.send_and_receive([query])
     assert not reply.has_error() and "carried.ecolora.state.tree" in reply.content
+
+
+def test_a_fault_of_the_local_round_is_refused_and_restored_states_travel_with_the_next_job():
+    work, _, strategy = _executor(client_app.app)
+    with pytest.raises(ValueError, match=r"Client 1's job simulates a fault in its local round \(faults.nonfinite\)"):
+        work.start(1, [Job(1, strategy.configure_round(1, [1])[1], as_seen=lambda client: client)])
+    work.setup.clients[0].state = {"tau": 3}
+    work.lend([0])  # e.g. restored from a checkpoint: the next message carries it
+    work.start(2, [Job(0, strategy.configure_round(2, [0])[0])])
+    [sent] = [m for m in work.grid.sent if m.metadata.message_type == "train"]
+    assert "carry" in sent.content.config_records

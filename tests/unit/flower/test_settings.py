@@ -102,3 +102,13 @@ def test_overrides_string_still_works_with_a_deprecation_notice(caplog):
         settings = resolve_settings({"config": "configs/smoke.yaml", "overrides": "fed.rounds=2"}, search=[ROOT])
     assert settings.config.fed.rounds == 2
     assert "run-config `overrides` is deprecated; pass the keys flat" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), ("true", True), ("False", False)])
+def test_resume_is_a_boolean_run_config_key(value, expected):
+    assert resolve_settings({"resume": value}).resume is expected
+
+
+def test_resume_refuses_a_value_that_is_not_a_boolean():
+    with pytest.raises(ValueError, match=r"`resume` must be true or false, got 'yes'."):
+        resolve_settings({"resume": "yes"})
