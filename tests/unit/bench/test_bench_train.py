@@ -11,7 +11,7 @@ from ecolora.bench import train as bench
 from ecolora.bench.train import PhaseTimer, format_report, run_train_bench
 from ecolora.client.shapes import SHAPE_NOTE
 from ecolora.config import load_config
-from ecolora.sim.runner import run_experiment
+from ecolora.sim import run_experiment
 
 ROOT = Path(__file__).parents[3]
 TINY = [
