@@ -169,7 +169,7 @@ def compare(
     target_eval_loss: Annotated[float | None, typer.Option(help="Report rounds/params/bytes/time to first reach this eval loss.")] = None,
     scenario: Annotated[str, typer.Option(help="Link scenario for the time columns (uplink/downlink Mbps).")] = "1/5",
     plot: Annotated[Path | None, typer.Option(help="Write quality-vs-bytes plot here (PNG).")] = None,
-    seeds: Annotated[bool, typer.Option("--seeds", help="Group runs that differ only by seed: mean ± sd per group; --plot draws eval-loss curves with sd bands.")] = False,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Group runs that differ only by seed: mean ± sd per group; --plot draws eval-loss curves with sd bands against rounds (PLOT) and communication time under --scenario (PLOT_time).")] = False,
 ) -> None:
     """Compare runs in the paper's Table 1 / Table 3 form."""
     from ecolora.report.compare import compare_runs, format_markdown
@@ -197,6 +197,7 @@ def _compare_seeds(run_dirs: list[Path], fmt: str, scenario: str, plot: Path | N
         rows = summarize_seeds(run_dirs, scenario=scenario)
         if plot is not None:
             plot_seed_curves(run_dirs, plot)
+            plot_seed_curves(run_dirs, plot.with_name(f"{plot.stem}_time{plot.suffix}"), scenario=scenario)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(rows, indent=2) if fmt == "json" else format_seed_table(rows))

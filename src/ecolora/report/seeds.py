@@ -164,28 +164,48 @@ def format_seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _eval_curve(run_dir: Path) -> dict[int, float]:
+def _eval_curve(run_dir: Path, scenario: str | None = None) -> dict[int, tuple[float, float]]:
+    """``{round: (x, eval loss)}``: x is the round, or the communication time so far under
+    ``scenario`` (bytes through the link model only: measured compute time depends on the machine's
+    load, and both methods do the same local work per round)."""
     metrics, summary = load_run(run_dir)
-    curve = {int(m["round"]): float(m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None}
+    elapsed: dict[int, float] = {0: 0.0}
+    if scenario is not None:
+        timed, _ = annotate_metrics(metrics, [scenario])
+        key = next(iter(normalize_scenarios([scenario])))
+        total = 0.0
+        for row in timed:
+            total += float(row["net"][key]["comm_s"])
+            elapsed[int(row["round"])] = total
+    curve = {int(m["round"]): (elapsed.get(int(m["round"]), float(m["round"])) if scenario else float(m["round"]),
+                               float(m["eval_loss"]))
+             for m in metrics if m.get("eval_loss") is not None}
     if summary.get("initial_eval_loss") is not None:
-        curve[0] = float(summary["initial_eval_loss"])
+        curve[0] = (0.0, float(summary["initial_eval_loss"]))
     return curve
 
 
-def plot_seed_curves(run_dirs: Sequence[Path], path: Path) -> Path:
-    """Held-out loss against round, one line per seed group (mean) with a ±1 sd band."""
+def plot_seed_curves(run_dirs: Sequence[Path], path: Path, *, scenario: str | None = None) -> Path:
+    """Held-out loss per seed group (mean, ±1 sd band) against the round, or, with ``scenario``,
+    against the communication time under that link (mean over seeds; analytic TCP model)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for group in group_seed_runs(run_dirs):
-        curves = [_eval_curve(d) for d in group.run_dirs]
+        curves = [_eval_curve(d, scenario) for d in group.run_dirs]
         rounds = sorted(set.intersection(*(set(c) for c in curves)))
-        stats = [_mean_sd([c[r] for c in curves]) for r in rounds]
+        xs = [statistics.fmean(c[r][0] for c in curves) for r in rounds]
+        stats = [_mean_sd([c[r][1] for c in curves]) for r in rounds]
         means = [m if m is not None else math.nan for m, _ in stats]
         sds = [s if s is not None else 0.0 for _, s in stats]
-        (line,) = ax.plot(rounds, means, marker="o", label=f"{group.label} (n={len(curves)})")
-        ax.fill_between(rounds, [m - s for m, s in zip(means, sds, strict=True)],
+        (line,) = ax.plot(xs, means, marker="o", label=f"{group.label} (n={len(curves)})")
+        ax.fill_between(xs, [m - s for m, s in zip(means, sds, strict=True)],
                         [m + s for m, s in zip(means, sds, strict=True)], color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="round", ylabel="held-out loss", title="mean ± 1 sd over seeds")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if scenario is None:
+        ax.set(xlabel="round", ylabel="held-out loss", title="mean ± 1 sd over seeds")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        key = next(iter(normalize_scenarios([scenario])))
+        ax.set(xlabel=f"communication time (s) under {key} Mbps links", ylabel="held-out loss",
+               title="mean ± 1 sd over seeds, against communication time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -69,6 +69,7 @@ def test_mean_sd_and_time_to_the_baselines_mean_final_loss(tmp_path):
         summarize_seeds(runs, baseline="ffa")
     png = plot_seed_curves([*runs, *eco], tmp_path / "plots" / "seeds.png")
     assert png.stat().st_size > 1000
+    assert plot_seed_curves([*runs, *eco], tmp_path / "t.png", scenario="1/5").stat().st_size > 1000
 
 
 def test_a_run_without_config_is_refused(tmp_path):
@@ -87,4 +88,4 @@ def test_cli_compare_seeds_prints_the_table_and_plots(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--seeds", *map(str, runs), "--plot", str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     assert "| fedit | 0,1 | 1.2500 ± 0.0707 |" in result.output
-    assert (tmp_path / "s.png").is_file()
+    assert (tmp_path / "s.png").is_file() and (tmp_path / "s_time.png").is_file()
