@@ -9,12 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ecolora.methods import parse_method  # noqa: E402
 from ecolora.report.runs import load_run, run_labels  # noqa: E402
 
-__all__ = ["plot_quality_vs_bytes", "plot_run"]
+__all__ = ["plot_quality_vs_bytes", "plot_run", "save_figure"]
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -85,6 +86,11 @@ def plot_quality_vs_bytes(run_dirs: Sequence[Path], path: Path) -> Path:
            ylabel="held-out eval loss", title="Quality vs bytes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, 120 dpi, parent folders made) and close it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

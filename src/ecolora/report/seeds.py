@@ -25,6 +25,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ecolora.network.runs import annotate_metrics, normalize_scenarios, time_to_target  # noqa: E402
+from ecolora.report.plots import save_figure  # noqa: E402
 from ecolora.report.runs import flatten_config, load_run  # noqa: E402
 
 __all__ = ["SeedGroup", "format_seed_table", "group_seed_runs", "plot_seed_curves", "summarize_seeds"]
@@ -208,9 +209,4 @@ def plot_seed_curves(run_dirs: Sequence[Path], path: Path, *, scenario: str | No
                title="mean ± 1 sd over seeds, against communication time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
