@@ -30,6 +30,7 @@ from ecolora.flower.executor import FlowerExecutor
 from ecolora.flower.records import PARTITION_QUERY, record_int
 from ecolora.flower.settings import FlowerSettings, resolve_settings
 from ecolora.network.ledger import ByteLedger
+from ecolora.rundir import RunDirError, claim_run_dir
 from ecolora.sim import get_runner
 from ecolora.sim.async_runner import write_summary_extras
 from ecolora.sim.setup import RunSetup
@@ -58,6 +59,12 @@ def run_server(grid: Grid, settings: FlowerSettings) -> dict[str, Any]:
     config = settings.config
     _refuse_unsupported(config, settings.resume)
     out_dir = settings.out_dir.expanduser().resolve()
+    # As `ecolora run`: never into a non-empty out-dir unless resuming it (before any waiting).
+    try:
+        claim_run_dir(out_dir, "resume" if settings.resume else "new")
+    except RunDirError as exc:
+        raise RunDirError(f"{exc} On Flower: run config `resume=true` continues a run in out-dir, "
+                          f"`out-dir='...'` names another.") from exc
     node_of = discover_partitions(
         grid, config.fed.num_clients, settings.node_wait_s, settings.round_timeout_s
     )

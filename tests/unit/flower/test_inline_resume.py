@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from ecolora.flower import client_app, server_app
 from ecolora.flower.settings import resolve_settings
+from ecolora.rundir import RunDirError
 
 from .inline_grid import InlineGrid
 
@@ -74,3 +75,14 @@ def test_a_stopped_flower_run_resumes_to_the_adapter_of_an_uninterrupted_one(tmp
 def test_resume_is_refused_for_a_method_whose_flower_clients_keep_more_than_their_state(tmp_path):
     with pytest.raises(ValueError, match=r"flora cannot resume a Flower run .* drop `resume` and start over"):
         _run(tmp_path, "flora", resume=True)
+
+
+def test_a_flower_run_never_writes_into_a_non_empty_out_dir(tmp_path):
+    out = tmp_path / "old-run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"round": 1}\n', encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"is not empty \(holds metrics.jsonl\).* On Flower: run config `resume=true`"):
+        _run(out, "fedit+ecolora")
+    assert (out / "metrics.jsonl").read_text(encoding="utf-8") == '{"round": 1}\n'
+    with pytest.raises(RunDirError, match="has no config.yaml"):
+        _run(tmp_path / "missing", "fedit+ecolora", resume=True)
