@@ -306,6 +306,7 @@ def evaluate(
     path: Annotated[str | None, typer.Option(help="Local file for suites in a hub schema.")] = None,
     batch_size: Annotated[int, typer.Option(help="Items (multiple choice, each question computed once for all its choices) or examples per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:N or mps.")] = "auto",
+    save: Annotated[Path | None, typer.Option(help="JSONL file that keeps each task's result as it finishes; run again with the same file to resume (multiple-choice suites).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
@@ -318,7 +319,7 @@ def evaluate(
         try:
             result = evaluate_adapter(
                 adapter=adapter, suite=suite, model=model, limit=limit, path=path,
-                batch_size=batch_size, device=device,
+                batch_size=batch_size, device=device, save=save,
             )
         except ValueError as exc:
             _fail(str(exc))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,6 +52,7 @@ logger = logging.getLogger("ecolora")
 __all__ = [
     "BIGBENCH_MC_TASKS",
     "SUITES",
+    "Journal",
     "Suite",
     "get_suite",
     "load_suite",
@@ -271,6 +273,37 @@ def _aggregate(per_subset: dict[str, dict[str, float]], how: str) -> dict[str, f
     return out
 
 
+class Journal:
+    """Per-subset results of a long suite, appended to a JSONL file as each subset finishes, so an
+    interrupted evaluation resumes where it stopped (``ecolora eval --save FILE``).
+
+    A line is ``{"key": {...}, "subset": name, "result": {...}}``; only lines whose ``key`` (suite,
+    model, adapter, limit, path) equals this evaluation's are reused.
+    """
+
+    def __init__(self, file: Path, key: dict[str, Any]) -> None:
+        self.file, self.key = Path(file), key
+        self.done: dict[str, dict[str, float]] = {}
+        if self.file.is_file():
+            for number, line in enumerate(self.file.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: score that subset again
+                    logger.warning("%s line %d is not JSON; that subset is scored again", file, number)
+                    continue
+                if record.get("key") == key:
+                    self.done[str(record["subset"])] = record["result"]
+
+    def add(self, subset: str, result: dict[str, float]) -> None:
+        self.done[subset] = result
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        cut = self.file.is_file() and not self.file.read_bytes().endswith(b"\n")
+        with self.file.open("a", encoding="utf-8") as f:
+            f.write(("\n" if cut else "") + json.dumps({"key": self.key, "subset": subset, "result": result}) + "\n")
+
+
 def _run_multiple_choice(
     suite: Suite,
     items: list[dict[str, Any]],
@@ -278,16 +311,33 @@ def _run_multiple_choice(
     tokenizer: Any,
     batch_size: int,
     max_seq_len: int | None,
+    journal: Journal | None = None,
 ) -> dict[str, Any]:
     by_subset: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         by_subset.setdefault(item.get("subset", suite.name), []).append(item)
-    per_subset = {
-        subset: score_multiple_choice(
+    per_subset: dict[str, dict[str, float]] = {}
+    reused = 0
+    for number, (subset, group) in enumerate(by_subset.items(), 1):
+        saved = journal.done.get(subset) if journal is not None else None
+        if saved is not None and int(saved["n"]) == len(group):
+            per_subset[subset] = saved
+            reused += 1
+            continue
+        start = time.perf_counter()
+        per_subset[subset] = score_multiple_choice(
             model, tokenizer, group, batch_size=batch_size, max_seq_len=max_seq_len
         )
-        for subset, group in by_subset.items()
-    }
+        if journal is not None:
+            journal.add(subset, per_subset[subset])
+        if len(by_subset) > 1:
+            logger.info(
+                "%s %d/%d %s: acc %.3f on %d items (%.0f s)", suite.name, number, len(by_subset),
+                subset, per_subset[subset]["acc"], len(group), time.perf_counter() - start,
+            )
+    if reused:
+        logger.info("%s: %d of %d subsets read from %s", suite.name, reused, len(by_subset),
+                    journal.file if journal is not None else "")
     return {
         **_aggregate(per_subset, suite.aggregate),
         "aggregate": suite.aggregate,
@@ -338,8 +388,12 @@ def run_suite(
     path: str | None = None,
     max_seq_len: int | None = None,
     beta: float = 0.1,
+    journal: Journal | None = None,
 ) -> dict[str, Any]:
     """Load suite ``name`` and score ``model`` on it.
+
+    ``journal`` (multiple choice): subsets already in it are not scored again, and each newly
+    scored subset is appended to it as soon as it is done.
 
     Returns:
         Always ``suite``, ``kind`` and ``n``. Multiple choice: ``acc``, ``acc_norm``, ``aggregate``
@@ -350,7 +404,9 @@ def run_suite(
     rows = load_suite(name, limit=limit, path=path)
     logger.info("Evaluating suite %s on %d rows", name, len(rows))
     if suite.kind == "multiple_choice":
-        result = _run_multiple_choice(suite, rows, model, tokenizer, batch_size, max_seq_len)
+        result = _run_multiple_choice(
+            suite, rows, model, tokenizer, batch_size, max_seq_len, journal
+        )
     elif suite.kind == "preference":
         result = preference_accuracy(
             model, tokenizer, rows, beta=beta, batch_size=batch_size, max_seq_len=max_seq_len or 512

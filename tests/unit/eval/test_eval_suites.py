@@ -9,6 +9,7 @@ from bigram_lm_eval import BigramLM
 
 from ecolora.cache import get_cache_dir
 from ecolora.eval import SUITES, Suite, get_suite, load_suite, register_suite, run_suite
+from ecolora.eval.suites import Journal
 
 
 def _jsonl(path, rows) -> str:
@@ -79,6 +80,33 @@ def test_arc_score_is_the_mean_of_easy_and_challenge(tmp_path, tokenizer) -> Non
     assert (
         result["aggregate"] == "macro" and result["n"] == 3 and result["kind"] == "multiple_choice"
     )
+
+
+def test_journal_keeps_each_subset_and_a_rerun_scores_only_the_missing_ones(tmp_path, tokenizer) -> None:
+    ids = tokenizer.convert_tokens_to_ids
+    model = BigramLM(len(tokenizer), {ids(":"): {ids("blue"): 0.4, ids("paris"): 0.4}})
+    path, file = _arc_dir(tmp_path), tmp_path / "scores.jsonl"
+    key = {"suite": "arc", "model": "bigram"}
+    full = run_suite("arc", model, tokenizer, path=path, journal=Journal(file, key))
+    lines = [json.loads(line) for line in file.read_text().splitlines()]
+    assert sorted(r["subset"] for r in lines) == ["ARC-Challenge", "ARC-Easy"]
+    assert all(r["key"] == key for r in lines)
+
+    # an interrupted evaluation: the journal holds ARC-Easy only, and its last line was cut short
+    easy = next(line for line in file.read_text().splitlines() if '"ARC-Easy"' in line)
+    file.write_text(easy + "\n" + '{"key": {"suite": "ar')
+    scored: list[int] = []
+    counting = BigramLM(len(tokenizer), {ids(":"): {ids("blue"): 0.4, ids("paris"): 0.4}})
+    counting.register_forward_hook(lambda module, args, out: scored.append(1))
+    resumed = run_suite("arc", counting, tokenizer, path=path, journal=Journal(file, key))
+    assert resumed["subsets"] == full["subsets"] and resumed["acc"] == full["acc"]
+    assert scored  # ARC-Challenge was scored again ...
+    assert Journal(file, key).done.keys() == {"ARC-Easy", "ARC-Challenge"}
+    # ... and a journal of another model (key) is not reused
+    assert Journal(file, {**key, "model": "other"}).done == {}
+    scored.clear()
+    run_suite("arc", counting, tokenizer, path=path, journal=Journal(file, key))
+    assert not scored  # everything came from the journal
 
 
 # ---- MMLU -----------------------------------------------------------------------------------
