@@ -60,6 +60,13 @@ def test_heldout_needs_a_run() -> None:
     assert result.exit_code == 2 and "pass --adapter RUN/adapter or --path RUN" in result.stderr
 
 
+def test_save_is_for_multiple_choice_suites(tmp_path: Path) -> None:
+    save = tmp_path / "scores.jsonl"
+    result = CliRunner().invoke(app, ["eval", "--suite", "loss", "--path", "x.jsonl", "--model", "tiny-llama", "--save", str(save)])
+    assert result.exit_code == 2 and "--save keeps per-task results of multiple-choice suites" in result.stderr
+    assert not save.exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-eval is installed")
 def test_lm_eval_suite_without_lm_eval_is_one_error_line() -> None:
     result = CliRunner().invoke(app, ["eval", "--suite", "lm-eval:arc_easy", "--model", "tiny-llama"])
