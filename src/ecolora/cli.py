@@ -312,14 +312,32 @@ def evaluate(
 ) -> None:
     """Score a base model or a fine-tuned adapter on an evaluation suite."""
     _setup_logging(False)
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskID,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from ecolora.eval.adapter import evaluate_adapter
     from ecolora.eval.display import format_result
 
-    with expected_failures(debug):
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with expected_failures(debug), Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def show(label: str, done: int, total: int) -> None:  # one bar per task, by tokens scored
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, visible=done < total)
+
         try:
             result = evaluate_adapter(
                 adapter=adapter, suite=suite, model=model, limit=limit, path=path,
-                batch_size=batch_size, device=device, save=save,
+                batch_size=batch_size, device=device, save=save, progress=show,
             )
         except ValueError as exc:
             _fail(str(exc))

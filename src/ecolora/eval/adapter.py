@@ -17,7 +17,7 @@ from ecolora.client.lora import LoraSettings, attach_lora
 from ecolora.client.model import load_base_model
 from ecolora.eval.harness import evaluate_with_lm_eval
 from ecolora.eval.heldout import run_heldout
-from ecolora.eval.suites import Journal, get_suite, run_suite
+from ecolora.eval.suites import Journal, SuiteProgress, get_suite, run_suite
 from ecolora.sim.setup import HUB_IDS
 
 logger = logging.getLogger("ecolora")
@@ -73,6 +73,7 @@ def evaluate_adapter(
     batch_size: int = 8,
     device: str = "cpu",
     save: Path | None = None,
+    progress: SuiteProgress | None = None,
 ) -> dict[str, Any]:
     """Run one suite on ``device`` (auto, cpu, cuda, cuda:N, mps); returns the scores and what was
     evaluated. ``batch_size``: items (multiple choice) or examples (loss) per forward pass.
@@ -80,6 +81,7 @@ def evaluate_adapter(
     ``save`` (multiple-choice suites): a JSONL file that receives each subset's result as soon as
     it is scored; a rerun with the same file, suite, model, adapter, limit and path scores only the
     subsets it lacks, so a long suite (all of bigbench-mc: hours on a CPU) survives interruption.
+    ``progress``: see :func:`ecolora.eval.suites.run_suite`.
 
     ``heldout`` scores the held-out split of the run in ``path`` (default: the folder above
     ``adapter``); ``lm-eval:TASK[,TASK...]`` runs lm-evaluation-harness tasks (optional package).
@@ -105,13 +107,14 @@ def evaluate_adapter(
             raise ValueError(f"--save keeps per-task results of multiple-choice suites; {suite} is not one.")
         journal = None if save is None else Journal(save, {
             "suite": suite, "model": base_model_name(adapter, model),
-            "adapter": str(Path(adapter).resolve()) if adapter else None, "limit": limit, "path": path,
+            "adapter": str(Path(adapter).resolve()) if adapter else None, "limit": limit,
+            "path": str(Path(path).resolve()) if path else None,
         })
         peft_model, tokenizer, name = load_model_with_adapter(adapter, model, device)
         with torch.no_grad():
             result = run_suite(
                 suite, peft_model, tokenizer, limit=limit, batch_size=batch_size, path=path,
-                journal=journal,
+                journal=journal, progress=progress,
             )
     result.update(
         model=base_model_name(adapter, model), adapter=str(adapter) if adapter else None,

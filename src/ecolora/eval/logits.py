@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,18 +40,21 @@ def score_prefix_groups(
     *,
     min_shared: int = 8,
     max_row_tokens: int = 512,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[list[float]]:
     """Summed log-likelihood of every continuation of every group, ``batch_size`` rows per pass.
 
     Groups whose prefixes start with the same ``>= min_shared`` tokens (a task's instructions)
     share one packed row of at most ``max_row_tokens`` tokens: that common root is computed once
     for all of them. Rows are sorted by length (longest first) and right-padded per batch.
+    ``progress(tokens_done, tokens_total)`` is called after each pass (packed tokens, the work).
     """
     dtype = next(model.parameters()).dtype
     if not dtype.is_floating_point:  # quantized weights: the mask follows the compute dtype
         dtype = torch.float32
     rows = sorted(_rows(groups, min_shared, max_row_tokens), key=lambda r: -r.length)
     scores: list[list[float]] = [[0.0] * len(g.continuations) for g in groups]
+    total, done = sum(r.length for r in rows), 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         input_ids, position_ids, mask, at, owners = _pack(chunk, pad_id, dtype)
@@ -60,6 +63,9 @@ def score_prefix_groups(
         sums.index_add_(0, at[3], logps.double().cpu())  # (continuations,)
         for (g, k), value in zip(owners, sums.tolist(), strict=True):
             scores[g][k] = value
+        done += sum(r.length for r in chunk)
+        if progress is not None:
+            progress(done, total)
     return scores
 
 

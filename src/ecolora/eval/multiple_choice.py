@@ -25,7 +25,7 @@ ties go to the lowest choice index.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +34,10 @@ import torch
 from ecolora.client.dpo import IGNORE_INDEX, sequence_logps
 from ecolora.eval.logits import PrefixGroup, score_prefix_groups
 
-__all__ = ["ChoiceScores", "choice_logprobs", "score_multiple_choice", "validate_items"]
+__all__ = ["ChoiceScores", "Progress", "choice_logprobs", "score_multiple_choice", "validate_items"]
 
 _DEFAULT_MAX_SEQ_LEN = 2048
+Progress = Callable[[int, int], None]  # (tokens done, tokens in all) after each forward pass
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ def _prefix_groups(
 
 
 def _score_requests(
-    model: torch.nn.Module, requests: list[tuple[list[int], int]], batch_size: int, pad_id: int
+    model: torch.nn.Module,
+    requests: list[tuple[list[int], int]],
+    batch_size: int,
+    pad_id: int,
+    progress: Progress | None = None,
 ) -> list[float]:
     order = sorted(range(len(requests)), key=lambda r: -len(requests[r][0]))
     scores = [0.0] * len(requests)
+    total, done = sum(len(ids) for ids, _ in requests), 0
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         length = len(requests[chunk[0]][0])
@@ -159,6 +165,9 @@ def _score_requests(
         logps, _ = sequence_logps(model, input_ids, attention_mask, labels)  # (b,)
         for row, r in enumerate(chunk):
             scores[r] = float(logps[row])
+        done += sum(len(requests[r][0]) for r in chunk)
+        if progress is not None:
+            progress(done, total)
     return scores
 
 
@@ -170,6 +179,7 @@ def choice_logprobs(
     batch_size: int = 8,
     max_seq_len: int | None = None,
     shared_prefix: bool = True,
+    progress: Progress | None = None,
 ) -> list[ChoiceScores]:
     """Log-likelihood of every choice of every item (see the module docstring).
 
@@ -179,6 +189,7 @@ def choice_logprobs(
             per-choice reference scorer.
         max_seq_len: longest sequence; longer contexts are cut from the left. Default: the model's
             ``max_position_embeddings`` (or 2048).
+        progress: ``progress(tokens_done, tokens_total)`` after each forward pass.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
@@ -194,9 +205,10 @@ def choice_logprobs(
         with torch.inference_mode():
             if shared_prefix:
                 groups = _prefix_groups(requests, items)
-                scores = [v for g in score_prefix_groups(model, groups, batch_size, pad_id) for v in g]
+                per_group = score_prefix_groups(model, groups, batch_size, pad_id, progress=progress)
+                scores = [v for g in per_group for v in g]
             else:
-                scores = _score_requests(model, requests, batch_size, pad_id)
+                scores = _score_requests(model, requests, batch_size, pad_id, progress)
     finally:
         model.train(was_training)
     results, pos = [], 0
@@ -222,6 +234,7 @@ def score_multiple_choice(
     batch_size: int = 8,
     max_seq_len: int | None = None,
     shared_prefix: bool = True,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """Accuracy of log-likelihood multiple-choice scoring over ``items``.
 
@@ -236,7 +249,7 @@ def score_multiple_choice(
         raise ValueError("score_multiple_choice got no items.")
     scored = choice_logprobs(
         model, tokenizer, items, batch_size=batch_size, max_seq_len=max_seq_len,
-        shared_prefix=shared_prefix,
+        shared_prefix=shared_prefix, progress=progress,
     )
     n = len(scored)
     return {

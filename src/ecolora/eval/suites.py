@@ -53,12 +53,15 @@ __all__ = [
     "BIGBENCH_MC_TASKS",
     "SUITES",
     "Journal",
+    "SuiteProgress",
     "Suite",
     "get_suite",
     "load_suite",
     "register_suite",
     "run_suite",
 ]
+
+SuiteProgress = Callable[[str, int, int], None]  # (subset label, tokens done, tokens in all)
 
 # Knowledge and commonsense BIG-bench tasks with target_scores (+ the NI science subtask).
 BIGBENCH_MC_TASKS: tuple[str, ...] = (
@@ -312,6 +315,7 @@ def _run_multiple_choice(
     batch_size: int,
     max_seq_len: int | None,
     journal: Journal | None = None,
+    progress: SuiteProgress | None = None,
 ) -> dict[str, Any]:
     by_subset: dict[str, list[dict[str, Any]]] = {}
     for item in items:
@@ -325,8 +329,10 @@ def _run_multiple_choice(
             reused += 1
             continue
         start = time.perf_counter()
+        label = f"{suite.name} {number}/{len(by_subset)} {subset}"
         per_subset[subset] = score_multiple_choice(
-            model, tokenizer, group, batch_size=batch_size, max_seq_len=max_seq_len
+            model, tokenizer, group, batch_size=batch_size, max_seq_len=max_seq_len,
+            progress=None if progress is None else partial(progress, label),
         )
         if journal is not None:
             journal.add(subset, per_subset[subset])
@@ -389,11 +395,13 @@ def run_suite(
     max_seq_len: int | None = None,
     beta: float = 0.1,
     journal: Journal | None = None,
+    progress: SuiteProgress | None = None,
 ) -> dict[str, Any]:
     """Load suite ``name`` and score ``model`` on it.
 
     ``journal`` (multiple choice): subsets already in it are not scored again, and each newly
-    scored subset is appended to it as soon as it is done.
+    scored subset is appended to it as soon as it is done. ``progress(label, tokens_done,
+    tokens_total)`` (multiple choice) follows each subset (``label``: "suite i/n subset").
 
     Returns:
         Always ``suite``, ``kind`` and ``n``. Multiple choice: ``acc``, ``acc_norm``, ``aggregate``
@@ -405,7 +413,7 @@ def run_suite(
     logger.info("Evaluating suite %s on %d rows", name, len(rows))
     if suite.kind == "multiple_choice":
         result = _run_multiple_choice(
-            suite, rows, model, tokenizer, batch_size, max_seq_len, journal
+            suite, rows, model, tokenizer, batch_size, max_seq_len, journal, progress
         )
     elif suite.kind == "preference":
         result = preference_accuracy(

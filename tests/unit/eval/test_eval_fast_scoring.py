@@ -108,3 +108,13 @@ def test_items_with_a_shared_instruction_equal_per_choice() -> None:
     reference = choice_logprobs(model, tokenizer, items, shared_prefix=False)
     for a, b in zip(fast, reference, strict=True):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_progress_counts_tokens_up_to_the_total(shared_prefix: bool) -> None:
+    calls: list[tuple[int, int]] = []
+    choice_logprobs(make_model(), make_tokenizer(), ITEMS, batch_size=2, shared_prefix=shared_prefix,
+                    progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) > 1 and len({total for _, total in calls}) == 1  # one call per pass
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == calls[0][1] and done[0] > 0
