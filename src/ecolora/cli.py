@@ -169,7 +169,7 @@ def compare(
     target_eval_loss: Annotated[float | None, typer.Option(help="Report rounds/params/bytes/time to first reach this eval loss.")] = None,
     scenario: Annotated[str, typer.Option(help="Link scenario for the time columns (uplink/downlink Mbps).")] = "1/5",
     plot: Annotated[Path | None, typer.Option(help="Write quality-vs-bytes plot here (PNG).")] = None,
-    seeds: Annotated[bool, typer.Option("--seeds", help="Group runs that differ only by seed: mean ± sd per group; --plot draws eval-loss curves with sd bands against rounds (PLOT) and communication time under --scenario (PLOT_time).")] = False,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Group runs that differ only by seed: mean ± sd per group; time to target: to --target-eval-loss, else to the mean final loss of --baseline's group (default: the first); --plot draws eval-loss curves with sd bands against rounds (PLOT) and communication time under --scenario (PLOT_time).")] = False,
 ) -> None:
     """Compare runs in the paper's Table 1 / Table 3 form."""
     from ecolora.report.compare import compare_runs, format_markdown
@@ -177,7 +177,7 @@ def compare(
     if fmt not in ("markdown", "json"):
         _fail(f"--format must be markdown or json, got {fmt!r}.")
     if seeds:
-        _compare_seeds(run_dirs, fmt, scenario, plot)
+        _compare_seeds(run_dirs, fmt, scenario, plot, baseline, target_eval_loss)
         return
     try:
         rows = compare_runs(run_dirs, baseline=baseline, target_eval_loss=target_eval_loss, scenario=scenario)
@@ -190,11 +190,12 @@ def compare(
     typer.echo(json.dumps(rows, indent=2) if fmt == "json" else format_markdown(rows))
 
 
-def _compare_seeds(run_dirs: list[Path], fmt: str, scenario: str, plot: Path | None) -> None:
+def _compare_seeds(run_dirs: list[Path], fmt: str, scenario: str, plot: Path | None,
+                   baseline: Path | None, target_eval_loss: float | None) -> None:
     from ecolora.report.seeds import format_seed_table, plot_seed_curves, summarize_seeds
 
     try:
-        rows = summarize_seeds(run_dirs, scenario=scenario)
+        rows = summarize_seeds(run_dirs, scenario=scenario, baseline=baseline, target_eval_loss=target_eval_loss)
         if plot is not None:
             plot_seed_curves(run_dirs, plot)
             plot_seed_curves(run_dirs, plot.with_name(f"{plot.stem}_time{plot.suffix}"), scenario=scenario)

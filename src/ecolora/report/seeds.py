@@ -110,20 +110,35 @@ def _run_row(run_dir: Path, scenario: str, target: float | None) -> dict[str, An
 
 
 def summarize_seeds(
-    run_dirs: Sequence[Path], *, scenario: str = "1/5", baseline: str | None = None
+    run_dirs: Sequence[Path],
+    *,
+    scenario: str = "1/5",
+    baseline: str | Path | None = None,
+    target_eval_loss: float | None = None,
 ) -> list[dict[str, Any]]:
     """One row per seed group: mean ± sd of final eval loss and times, mean bytes, and the time to
-    the baseline group's mean final eval loss (the first group unless ``baseline`` names one)."""
+    a target eval loss: ``target_eval_loss``, else the baseline group's mean final eval loss.
+
+    ``baseline``: a group's label, or one of its run directories (default: the first group).
+    """
     groups = group_seed_runs(run_dirs)
     key = next(iter(normalize_scenarios([scenario])))
     base = groups[0]
     if baseline is not None:
-        named = [g for g in groups if g.label == baseline]
+        named = [
+            g for g in groups
+            if g.label == str(baseline) or any(Path(d).resolve() == Path(baseline).resolve() for d in g.run_dirs)
+        ]
         if not named:
-            raise ValueError(f"Baseline {baseline!r} is not a group; groups: {[g.label for g in groups]}.")
+            raise ValueError(
+                f"Baseline {str(baseline)!r} is neither a group nor one of its runs; groups: "
+                f"{[g.label for g in groups]}."
+            )
         base = named[0]
-    base_losses = [_run_row(d, key, None)["final_eval_loss"] for d in base.run_dirs]
-    target, _ = _mean_sd([float(v) for v in base_losses if v is not None])
+    target = target_eval_loss
+    if target is None:
+        base_losses = [_run_row(d, key, None)["final_eval_loss"] for d in base.run_dirs]
+        target, _ = _mean_sd([float(v) for v in base_losses if v is not None])
     rows = []
     for group in groups:
         runs = [_run_row(d, key, target) for d in group.run_dirs]
@@ -151,7 +166,7 @@ def format_seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
     target = rows[0]["target_eval_loss"]
     lines = [
         f"Mean ± sd over seeds; times under {rows[0]['scenario']} Mbps (analytic TCP model); "
-        f"target = the baseline's mean final eval loss ({target:.4f})." if target is not None else "",
+        f"time to target = to an eval loss of {target:.4f}." if target is not None else "",
         "",
         "| method | seeds | final eval loss | up MB | total MB | comm s | train s | time to target s | reached |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -65,8 +65,14 @@ def test_mean_sd_and_time_to_the_baselines_mean_final_loss(tmp_path):
     assert rows[1]["upload_mb"] == pytest.approx(0.2)
     table = format_seed_table(rows)
     assert "1.3000 ± 0.1000" in table and "| fedit+ecolora | 0,1 |" in table
-    with pytest.raises(ValueError, match="is not a group"):
+    with pytest.raises(ValueError, match="is neither a group nor one of its runs"):
         summarize_seeds(runs, baseline="ffa")
+    # the baseline named by one of its runs (the second group), or an explicit target
+    by_run = summarize_seeds([*runs, *eco], scenario="1/5", baseline=eco[1])
+    assert by_run[0]["target_eval_loss"] == pytest.approx(1.35) and by_run[0]["target_reached"] == "2/3"  # seed 2 ends at 1.4
+    assert summarize_seeds([*runs, *eco], baseline="fedit+ecolora")[0]["target_eval_loss"] == pytest.approx(1.35)
+    explicit = summarize_seeds([*runs, *eco], target_eval_loss=1.25)
+    assert [r["target_reached"] for r in explicit] == ["1/3", "1/2"]
     png = plot_seed_curves([*runs, *eco], tmp_path / "plots" / "seeds.png")
     assert png.stat().st_size > 1000
     assert plot_seed_curves([*runs, *eco], tmp_path / "t.png", scenario="1/5").stat().st_size > 1000
@@ -89,3 +95,6 @@ def test_cli_compare_seeds_prints_the_table_and_plots(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| fedit | 0,1 | 1.2500 ± 0.0707 |" in result.output
     assert (tmp_path / "s.png").is_file() and (tmp_path / "s_time.png").is_file()
+    eco = _write_run(tmp_path, "e0", ["method=fedit+ecolora", "seed=0"], [1.5, 1.3], 100)
+    result = CliRunner().invoke(app, ["compare", "--seeds", str(eco), *map(str, runs), "--baseline", str(runs[1])])
+    assert result.exit_code == 0 and "to an eval loss of 1.2500" in result.output, result.output
