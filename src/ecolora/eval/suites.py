@@ -287,8 +287,10 @@ class Journal:
     def __init__(self, file: Path, key: dict[str, Any]) -> None:
         self.file, self.key = Path(file), key
         self.done: dict[str, dict[str, float]] = {}
-        if self.file.is_file():
-            for number, line in enumerate(self.file.read_text(encoding="utf-8").splitlines(), 1):
+        text = self.file.read_text(encoding="utf-8") if self.file.is_file() else ""
+        self._cut = bool(text) and not text.endswith("\n")  # the last line was cut short by a kill
+        if text:
+            for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -302,9 +304,9 @@ class Journal:
     def add(self, subset: str, result: dict[str, float]) -> None:
         self.done[subset] = result
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        cut = self.file.is_file() and not self.file.read_bytes().endswith(b"\n")
         with self.file.open("a", encoding="utf-8") as f:
-            f.write(("\n" if cut else "") + json.dumps({"key": self.key, "subset": subset, "result": result}) + "\n")
+            f.write(("\n" if self._cut else "") + json.dumps({"key": self.key, "subset": subset, "result": result}) + "\n")
+        self._cut = False
 
 
 def _run_multiple_choice(

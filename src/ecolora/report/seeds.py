@@ -193,8 +193,7 @@ def _eval_curve(run_dir: Path, scenario: str | None = None) -> dict[int, tuple[f
         for row in timed:
             total += float(row["net"][key]["comm_s"])
             elapsed[int(row["round"])] = total
-    curve = {int(m["round"]): (elapsed.get(int(m["round"]), float(m["round"])) if scenario else float(m["round"]),
-                               float(m["eval_loss"]))
+    curve = {int(m["round"]): (elapsed[int(m["round"])] if scenario else float(m["round"]), float(m["eval_loss"]))
              for m in metrics if m.get("eval_loss") is not None}
     if summary.get("initial_eval_loss") is not None:
         curve[0] = (0.0, float(summary["initial_eval_loss"]))
